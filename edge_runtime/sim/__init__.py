@@ -1,0 +1,102 @@
+"""Simulators behind one small protocol, and a registry to create them by name.
+
+Gymnasium style: ``make_simulator("track", track="hairpin")`` builds the embedded track simulator
+from :class:`TrackSimConfig` keyword arguments; ``register_simulator(name, factory)`` adds a
+backend. ``"carla"`` is registered so that ``--sim carla`` fails with a clear message until the
+CARLA backend exists.
+
+Imports stay light: numpy only at import time (scipy.interpolate loads when a track is built, the
+racing line's osqp/scipy.sparse on first use of its names), no gymnasium (the Gymnasium
+environment lives in :mod:`edge_runtime.sim.gym_env`; import it to register
+``edge_runtime/Track-v0``), never torch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import fields
+from typing import Any, Callable
+
+from .protocol import ControlCommand, Simulator, VehicleState
+from .track import Track, TrackFormatError
+from .track_sim import TrackSimConfig, TrackSimulator
+from .tracks import BUILTIN_TRACKS, HELDOUT_TRACK, TRAIN_TRACK, load_track
+from .vehicle import SingleTrackModel, VehicleParams
+
+__all__ = [
+    "BUILTIN_TRACKS", "HELDOUT_TRACK", "TRAIN_TRACK", "ControlCommand", "RacingLine", "RacingLineConfig",
+    "SimulatorFactory", "SimulatorUnavailableError", "SingleTrackModel", "Simulator", "Track",
+    "TrackFormatError", "TrackSimConfig", "TrackSimulator", "VehicleParams", "VehicleState",
+    "compute_racing_line", "load_track", "make_simulator", "register_simulator", "registered_simulators",
+]
+
+SimulatorFactory = Callable[..., Simulator]
+
+_LAZY = {"RacingLine", "RacingLineConfig", "compute_racing_line"}  # from .racing_line (imports osqp)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        from . import racing_line
+
+        return getattr(racing_line, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+class SimulatorUnavailableError(RuntimeError):
+    """A registered simulator backend that cannot run here (not implemented or not installed)."""
+
+
+_REGISTRY: dict[str, SimulatorFactory] = {}
+
+
+def register_simulator(name: str, factory: SimulatorFactory, *, overwrite: bool = False) -> None:
+    """Register ``factory(**config) -> Simulator`` under ``name``.
+
+    Registering a name twice is an error unless ``overwrite=True`` (a silent replacement would
+    make ``make_simulator`` depend on import order)."""
+    if not isinstance(name, str) or not name.strip():
+        raise ValueError(f"simulator name must be a non-empty string, got {name!r}")
+    if not callable(factory):
+        raise TypeError(f"simulator factory for {name!r} must be callable, got {type(factory).__name__}")
+    if name in _REGISTRY and not overwrite:
+        raise ValueError(f"simulator {name!r} is already registered (pass overwrite=True to replace it)")
+    _REGISTRY[name] = factory
+
+
+def registered_simulators() -> tuple[str, ...]:
+    """Names accepted by :func:`make_simulator`, sorted."""
+    return tuple(sorted(_REGISTRY))
+
+
+def make_simulator(name: str, **config: Any) -> Simulator:
+    """Create the simulator registered as ``name`` with backend-specific keyword configuration."""
+    try:
+        factory = _REGISTRY[name]
+    except (KeyError, TypeError):
+        raise ValueError(
+            f"unknown simulator {name!r}; registered simulators: {', '.join(registered_simulators())}") from None
+    return factory(**config)
+
+
+def _make_track_simulator(**config: Any) -> TrackSimulator:
+    """``TrackSimulator(TrackSimConfig(**config))``; ``track`` may also be a :class:`Track` object."""
+    valid = {f.name for f in fields(TrackSimConfig)}
+    unknown = sorted(set(config) - valid)
+    if unknown:
+        raise TypeError(
+            f"unknown option(s) for the 'track' simulator: {', '.join(unknown)}; "
+            f"valid options (TrackSimConfig fields): {', '.join(sorted(valid))}")
+    track = config.get("track")
+    if isinstance(track, Track):
+        return TrackSimulator(TrackSimConfig(**{**config, "track": track.name}), track=track)
+    return TrackSimulator(TrackSimConfig(**config))
+
+
+def _make_carla_simulator(**config: Any) -> Simulator:
+    raise SimulatorUnavailableError(
+        "the CARLA simulator backend is not available yet: it lands in a later issue. "
+        "Use the embedded track simulator instead (--sim track, or make_simulator('track', ...)).")
+
+
+register_simulator("track", _make_track_simulator)
+register_simulator("carla", _make_carla_simulator)

@@ -1,0 +1,1 @@
+"""Driving tasks: instructions, prompt builder, answer parser, metrics, rewards, datasets."""

@@ -1,0 +1,125 @@
+"""The oracle: a closed-loop search for the best parameter set of one instruction.
+
+It supplies the SFT targets and the upper bound of control adaptability. CMA-ES (the ``cma``
+package) searches the parameter box mapped onto [0, 1]^11, starting from the default parameters;
+a seeded random search is the simple alternative. Candidates of one generation are evaluated in
+parallel worker processes; with the same seed the result does not depend on the number of
+workers (each evaluation is deterministic and the search only sees the ordered results).
+"""
+
+from __future__ import annotations
+
+import math
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..control.params import DEFAULT_PARAMS, PARAM_SPECS, MPCParams
+from .closed_loop import EvalConfig, EvalResult, evaluate, objective
+from .instructions import Instruction
+
+METHODS = ("cma", "random")
+
+
+@dataclass(frozen=True)
+class OracleConfig:
+    method: str = "cma"
+    budget: int = 96  # closed-loop evaluations in total
+    popsize: int = 12
+    sigma0: float = 0.25  # CMA-ES initial step in the unit box
+    seed: int = 0
+    workers: int = 2
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(f"OracleConfig.method must be one of {METHODS}, got {self.method!r}")
+        if self.budget < 2 or self.popsize < 2:
+            raise ValueError("OracleConfig: budget and popsize must be >= 2")
+        if not 0 < self.sigma0 <= 1:
+            raise ValueError("OracleConfig.sigma0 must be in (0, 1]")
+        if self.workers < 1:
+            raise ValueError("OracleConfig.workers must be >= 1")
+
+
+@dataclass(frozen=True)
+class OracleResult:
+    instruction: Instruction
+    best: EvalResult
+    evaluations: int
+    history: tuple[float, ...] = field(default=())  # best objective after each generation
+
+    def to_dict(self) -> dict:
+        return {"best": self.best.to_dict(), "evaluations": self.evaluations, "history": list(self.history)}
+
+
+def _score(args: tuple[list[float], Instruction, EvalConfig]) -> float:
+    u, instruction, config = args
+    return objective(MPCParams.from_unit_vector(u), instruction, config)
+
+
+class _Evaluator:
+    """Maps a batch of unit vectors to objectives, serially or in a process pool."""
+
+    def __init__(self, workers: int) -> None:
+        self.pool = ProcessPoolExecutor(max_workers=workers) if workers > 1 else None
+
+    def __call__(self, batch: list[list[float]], instruction: Instruction, config: EvalConfig) -> list[float]:
+        jobs = [(list(map(float, u)), instruction, config) for u in batch]
+        if self.pool is None:
+            return [_score(j) for j in jobs]
+        return list(self.pool.map(_score, jobs))
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown()
+
+
+def search(instruction: Instruction, eval_config: EvalConfig | None = None,
+           config: OracleConfig | None = None) -> OracleResult:
+    """Best parameter set found for ``instruction`` within the evaluation budget."""
+    eval_config = eval_config or EvalConfig()
+    cfg = config or OracleConfig()
+    evaluator = _Evaluator(cfg.workers)
+    x0 = DEFAULT_PARAMS.to_unit_vector()
+    best_u, best_f = list(x0), math.inf
+    history: list[float] = []
+    used = 0
+    try:
+        if cfg.method == "cma":
+            import cma
+
+            es = cma.CMAEvolutionStrategy(x0, cfg.sigma0, {
+                "bounds": [0.0, 1.0], "popsize": cfg.popsize, "seed": cfg.seed + 1, "verbose": -9,
+                "maxfevals": cfg.budget})
+            first = True
+            while used < cfg.budget and not es.stop():
+                batch = es.ask()
+                if first:  # always score the default itself: the oracle never does worse than it
+                    batch[0] = np.asarray(x0)
+                    first = False
+                scores = evaluator(batch, instruction, eval_config)
+                used += len(batch)
+                es.tell(batch, scores)
+                i = int(np.argmin(scores))
+                if scores[i] < best_f:
+                    best_u, best_f = list(batch[i]), scores[i]
+                history.append(best_f)
+        else:
+            rng = np.random.default_rng(cfg.seed)
+            batches = [[list(x0)]]
+            while sum(map(len, batches)) < cfg.budget:
+                n = min(cfg.popsize, cfg.budget - sum(map(len, batches)))
+                batches.append([list(u) for u in rng.uniform(0.0, 1.0, size=(n, len(PARAM_SPECS)))])
+            for batch in batches:
+                scores = evaluator(batch, instruction, eval_config)
+                used += len(batch)
+                i = int(np.argmin(scores))
+                if scores[i] < best_f:
+                    best_u, best_f = batch[i], scores[i]
+                history.append(best_f)
+    finally:
+        evaluator.close()
+    best_params = MPCParams.from_unit_vector(best_u)
+    return OracleResult(instruction=instruction, best=evaluate(best_params, instruction, eval_config),
+                        evaluations=used, history=tuple(history))
