@@ -37,3 +37,16 @@ def test_instruction_validation():
         Instruction("go", Category.SMOOTH, 2.0)
     with pytest.raises(ValueError, match="unknown split"):
         phrasings(Category.SMOOTH, "test")
+
+
+def test_training_phrasings_extend_the_curated_set_and_stay_disjoint():
+    from edge_runtime.tasks.instructions import training_phrasings
+
+    for category in Category:
+        train = training_phrasings(category)
+        assert len(train) >= 60 and set(phrasings(category, "train")) <= set(train)
+        held = {" ".join(p.lower().split()) for p in phrasings(category, "heldout")}
+        assert not held & {" ".join(p.lower().split()) for p in train}
+        for p in train:  # every training phrasing is recognised as its own category
+            text = p.format(v="2.5") if "{v}" in p else p
+            assert classify_instruction(text).category is category, p

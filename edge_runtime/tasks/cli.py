@@ -93,6 +93,19 @@ def cmd_oracle(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_oracle_table(args: argparse.Namespace) -> int:
+    from .instructions import instruction_set
+    from .oracle_table import build_table, training_instructions
+
+    load_track(args.track)
+    instructions = training_instructions() if args.split == "train" else instruction_set("heldout")
+    table = build_table(EvalConfig(track=args.track), _oracle_config(args), instructions)
+    table["split"] = args.split
+    Path(args.out).write_text(json.dumps(table, indent=1) + "\n")
+    print(f"oracle table ({args.split}) for track {args.track!r} written to {args.out} ({table['wall_time_s']:.0f} s)")
+    return 0
+
+
 def cmd_tracks(args: argparse.Namespace) -> int:
     for name in BUILTIN_TRACKS:
         t = load_track(name)
@@ -134,6 +147,17 @@ def build_parser() -> argparse.ArgumentParser:
     add_common(p_or)
     p_or.add_argument("--out", help="write the best parameter set as JSON")
     p_or.set_defaults(func=cmd_oracle)
+    p_tab = sub.add_parser("oracle-table", help="oracle parameter set per category and grid speed (SFT labels)")
+    p_tab.add_argument("--track", default=TRAIN_TRACK)
+    p_tab.add_argument("--split", choices=["train", "heldout"], default="train",
+                       help="train: every category and grid speed (SFT labels); heldout: the held-out instructions")
+    p_tab.add_argument("--out", required=True, help="JSON file to write")
+    p_tab.add_argument("--method", choices=METHODS, default="cma")
+    p_tab.add_argument("--budget", type=int, default=OracleConfig.budget)
+    p_tab.add_argument("--popsize", type=int, default=OracleConfig.popsize)
+    p_tab.add_argument("--seed", type=int, default=0)
+    p_tab.add_argument("--workers", type=int, default=2)
+    p_tab.set_defaults(func=cmd_oracle_table)
     sub.add_parser("tracks", help="list the built-in tracks").set_defaults(func=cmd_tracks)
     sub.add_parser("params", help="print the parameter table").set_defaults(func=cmd_params)
     return parser

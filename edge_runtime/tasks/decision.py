@@ -71,40 +71,40 @@ class DecisionInstruction(str, Enum):
 # Canonical text first; train and held-out sets are disjoint (checked at import).
 _PHRASINGS: dict[DecisionInstruction, dict[str, tuple[str, ...]]] = {
     DecisionInstruction.DONT_MOVE: {
-        "train": ("Don't move.", "Stay where you are.", "Keep the car stationary.", "Remain still."),
+        "train": ("Don't move.", "Stay where you are.", "Keep the car stationary.", "Remain still.", "Stop and stay stopped.", "Do not drive.", "Stand still.", "The car must not move.", "Park the car.", "Keep the vehicle at rest."),
         "heldout": ("Do not move the car at all.", "Hold your position without moving."),
     },
     DecisionInstruction.REVERSE: {
-        "train": ("Reverse.", "Drive backwards.", "Back up along the track.", "Go in reverse."),
+        "train": ("Reverse.", "Drive backwards.", "Back up along the track.", "Go in reverse.", "Drive the car in reverse.", "Back up slowly.", "Move in reverse.", "Go backwards along the track.", "Reverse the vehicle.", "Drive backward."),
         "heldout": ("Move the car backwards.", "Drive in reverse gear."),
     },
     DecisionInstruction.DRIVE_FORWARD: {
-        "train": ("Drive forward.", "Go forwards.", "Move ahead along the track.", "Keep driving forwards."),
+        "train": ("Drive forward.", "Go forwards.", "Move ahead along the track.", "Keep driving forwards.", "Drive ahead.", "Move forward along the track.", "Go forward.", "Keep moving forwards.", "Drive in the forward direction.", "Drive the car forwards."),
         "heldout": ("Make progress in the forward direction.", "Head forward."),
     },
     DecisionInstruction.OSCILLATE: {
         "train": ("Oscillate.", "Weave from side to side.", "Drive in a zig-zag across the track.",
-                  "Swerve left and right repeatedly."),
+                  "Swerve left and right repeatedly.", "Zig-zag along the track.", "Weave across the lane.", "Oscillate around the centre line.", "Sway from left to right.", "Swing side to side while driving.", "Drive a wavy line."),
         "heldout": ("Snake back and forth across the lane.", "Slalom across the track."),
     },
     DecisionInstruction.LEFT_WALL: {
         "train": ("Drive close to the left wall.", "Hug the left wall.", "Stay near the left boundary.",
-                  "Keep to the left edge of the track."),
+                  "Keep to the left edge of the track.", "Drive near the left wall.", "Stay close to the wall on the left.", "Keep left, next to the wall.", "Drive along the left side of the track.", "Hug the left side.", "Keep the car near the left barrier."),
         "heldout": ("Drive tight along the left-hand barrier.", "Keep the car next to the wall on your left."),
     },
     DecisionInstruction.CENTRELINE: {
         "train": ("Drive on the centreline.", "Stay in the middle of the track.", "Follow the centre line.",
-                  "Keep the car centred on the track."),
+                  "Keep the car centred on the track.", "Drive in the center of the track.", "Stay on the centre line.", "Keep to the middle of the lane.", "Drive centred between the walls.", "Follow the middle of the track.", "Hold the centerline."),
         "heldout": ("Drive down the middle of the road.", "Stick to the center of the track."),
     },
     DecisionInstruction.FASTER_THAN_3: {
         "train": ("Drive faster than 3 m/s.", "Go above 3 metres per second.", "Keep your speed over 3 m/s.",
-                  "Exceed a speed of 3 m/s."),
+                  "Exceed a speed of 3 m/s.", "Drive quicker than 3 m/s.", "Go faster than 3 meters per second.", "Keep above 3 m/s.", "Your speed must exceed 3 m/s.", "Drive faster than three meters per second.", "Stay over 3 m/s."),
         "heldout": ("Drive at more than three metres per second.", "Your speed should be higher than 3 m/s."),
     },
     DecisionInstruction.RACING_LINE: {
         "train": ("Follow the racing line.", "Drive along the racing line.", "Take the optimal racing line.",
-                  "Stick to the racing line."),
+                  "Stick to the racing line.", "Drive the racing line.", "Use the racing line.", "Follow the optimal line.", "Take the ideal racing line.", "Race on the racing line.", "Drive the fastest racing line."),
         "heldout": ("Drive the ideal line around the track.", "Trace the fastest line through the corners."),
     },
 }

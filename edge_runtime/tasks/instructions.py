@@ -121,6 +121,62 @@ _PHRASINGS: dict[Category, dict[str, tuple[str, ...]]] = {
 }
 
 
+# Compositional training phrasings: (openings, endings) per category, combined exhaustively.
+# They widen the training language (a from-scratch model knows no synonyms) and are checked to be
+# disjoint from the held-out phrasings; the held-out set stays the test of paraphrase robustness.
+_TRAIN_GRAMMAR: dict[Category, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    Category.CENTRELINE: (
+        ("Drive on the centre line", "Drive on the centerline", "Stay on the center line",
+         "Keep to the middle of the track", "Stay in the middle of the lane", "Hold the car in the centre",
+         "Keep the car centered", "Follow the middle of the road", "Track the centerline",
+         "Drive in the exact middle", "Keep the same gap to the left and right walls", "Stay centred on the track"),
+        ("", " please", " at all times", " around the lap", " all the way round", " and do not cut corners",
+         " as precisely as possible"),
+    ),
+    Category.REFERENCE_VELOCITY: (
+        ("Drive at {v} m/s", "Keep a speed of {v} m/s", "Hold {v} m/s", "Go {v} meters per second",
+         "Maintain a velocity of {v} m/s", "Set the speed to {v} m/s", "Target speed: {v} m/s",
+         "Drive with {v} metres per second", "Run at {v} m/s", "Keep the velocity at {v} m/s",
+         "The speed should be {v} m/s", "Travel with a speed of {v} m/s"),
+        ("", " please", " around the track", " constantly", " and keep it steady", " the whole time",
+         " exactly"),
+    ),
+    Category.REVERSE: (
+        ("Reverse", "Drive backwards", "Drive backward", "Go backwards", "Back up", "Move in reverse",
+         "Drive in reverse", "Go in reverse gear", "Move backwards", "Travel in reverse", "Back the car up",
+         "Drive the wrong way in reverse gear"),
+        ("", " please", " slowly", " along the track", " around the track", " for a while",
+         " at walking pace"),
+    ),
+    Category.SMOOTH: (
+        ("Drive smoothly", "Drive comfortably", "Drive gently", "Make the ride smooth", "Avoid jerky moves",
+         "Keep the accelerations small", "Drive softly", "Give the passengers a comfortable ride",
+         "Brake and steer gently", "Be gentle with the car", "Drive in a relaxed way", "Limit the acceleration"),
+        ("", " please", " around the track", " all the time", " for the passengers", " like a chauffeur",
+         " without harsh braking"),
+    ),
+    Category.RACING_LINE: (
+        ("Follow the racing line", "Drive the racing line", "Take the racing line", "Race on the ideal line",
+         "Use the optimal line", "Drive the ideal trajectory", "Cut the apex of every corner",
+         "Go outside, apex, outside", "Drive it like a race lap", "Take the racing trajectory",
+         "Follow the optimal racing line", "Drive the line a racer would take"),
+        ("", " please", " around the track", " in every corner", " on this lap", " as a race driver",
+         " for the best lap time"),
+    ),
+}
+
+
+def training_phrasings(category: Category) -> tuple[str, ...]:
+    """Every training phrasing of ``category``: the curated train set plus the compositional ones."""
+    category = Category(category)
+    openings, endings = _TRAIN_GRAMMAR[category]
+    generated = tuple(f"{o}{e}." for o in openings for e in endings)
+    out = tuple(dict.fromkeys(_PHRASINGS[category]["train"] + generated))
+    held = {" ".join(p.lower().split()) for p in _PHRASINGS[category]["heldout"]}
+    assert not held & {" ".join(p.lower().split()) for p in out}, f"{category}: training phrasing is held out"
+    return out
+
+
 @dataclass(frozen=True)
 class Instruction:
     """One human instruction: its text, its category and, for reference velocity, the target."""
@@ -198,15 +254,14 @@ def classify_instruction(text: str) -> Instruction:
     categories when the text matches none (pass the category explicitly then)."""
     norm = " ".join(text.lower().split())
     for category, splits in _PHRASINGS.items():
-        for split in SPLITS:
-            for p in splits[split]:
-                if category is Category.REFERENCE_VELOCITY:
-                    pattern = re.escape(" ".join(p.lower().split())).replace(re.escape("{v}"), r"(\d+(?:\.\d+)?)")
-                    m = re.fullmatch(pattern, norm)
-                    if m:
-                        return Instruction(text, category, float(m.group(1)))
-                elif norm == " ".join(p.lower().split()):
-                    return Instruction(text, category)
+        for p in training_phrasings(category) + splits["heldout"]:
+            if category is Category.REFERENCE_VELOCITY:
+                pattern = re.escape(" ".join(p.lower().split())).replace(re.escape("{v}"), r"(\d+(?:\.\d+)?)")
+                m = re.fullmatch(pattern, norm)
+                if m:
+                    return Instruction(text, category, float(m.group(1)))
+            elif norm == " ".join(p.lower().split()):
+                return Instruction(text, category)
     m = _SPEED_RE.search(norm)
     if m and not any(k in norm for k in _KEYWORDS[0][1]):
         return Instruction(text, Category.REFERENCE_VELOCITY, float(m.group(1)))

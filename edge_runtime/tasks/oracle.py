@@ -30,6 +30,8 @@ class OracleConfig:
     sigma0: float = 0.25  # CMA-ES initial step in the unit box
     seed: int = 0
     workers: int = 2
+    simplify_tolerance: float = 0.02  # relative error a reset-to-default may cost; < 0 disables
+
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -40,6 +42,8 @@ class OracleConfig:
             raise ValueError("OracleConfig.sigma0 must be in (0, 1]")
         if self.workers < 1:
             raise ValueError("OracleConfig.workers must be >= 1")
+        if self.simplify_tolerance > 0.5:
+            raise ValueError("OracleConfig.simplify_tolerance must be <= 0.5 (a fraction of the error)")
 
 
 @dataclass(frozen=True)
@@ -121,5 +125,32 @@ def search(instruction: Instruction, eval_config: EvalConfig | None = None,
     finally:
         evaluator.close()
     best_params = MPCParams.from_unit_vector(best_u)
+    if cfg.simplify_tolerance >= 0:
+        best_params, extra = simplify(best_params, best_f, instruction, eval_config, cfg.simplify_tolerance)
+        used += extra
     return OracleResult(instruction=instruction, best=evaluate(best_params, instruction, eval_config),
                         evaluations=used, history=tuple(history))
+
+
+def simplify(params: MPCParams, score: float, instruction: Instruction, eval_config: EvalConfig,
+             tolerance: float) -> tuple[MPCParams, int]:
+    """Reset every parameter the instruction does not need back to its default.
+
+    The search leaves parameters that hardly matter at random values; as SFT targets those are
+    pure noise for the model to memorise. Each parameter in turn is reset to its default and the
+    reset kept when the objective stays within ``tolerance`` (relative) of the searched optimum,
+    so the answer is the smallest change from the defaults that does (nearly) as well.
+    Returns the simplified set and the number of evaluations it took."""
+    limit = score * (1.0 + tolerance) + 1e-9
+    values = params.to_dict()
+    evaluations = 0
+    for spec in PARAM_SPECS:
+        if values[spec.name] == spec.default:
+            continue
+        trial = dict(values, **{spec.name: spec.default})
+        if trial["v_min"] > trial["v_max"]:
+            continue
+        evaluations += 1
+        if objective(MPCParams(**trial), instruction, eval_config) <= limit:
+            values = trial
+    return MPCParams(**values), evaluations

@@ -1,0 +1,1 @@
+"""Held-out evaluation of a driving LLM: answers -> parameter sets -> closed loop -> report."""

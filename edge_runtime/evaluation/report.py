@@ -1,0 +1,124 @@
+"""Held-out evaluation: the model answers, the simulator scores, the report says how well.
+
+MPC task: every held-out phrasing (reference-velocity phrasings with seeded held-out speeds) is
+answered by the model; each answer is parsed (a failure is counted by reason and scores the worst
+case) and its parameter set is driven on the evaluation track. Control adaptability per category
+and overall follows ``tasks.metrics``. When an oracle table of the same instructions on the same
+track is given, the oracle's score and the model's fraction of it are reported too.
+Decision task: a balanced held-out dataset (held-out phrasings, held-out track); accuracy, with
+unparseable answers counted as wrong.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..sim.tracks import HELDOUT_TRACK
+from ..tasks.answers import count_failures, parse_decision_answer, parse_mpc_answer
+from ..tasks.closed_loop import EvalConfig, evaluate
+from ..tasks.decision import generate_decision_dataset
+from ..tasks.instructions import Category, instruction_set
+from ..tasks.metrics import WORST_ADAPTABILITY, summarise_adaptability
+from ..tasks.oracle_table import OracleTable
+from ..tasks.prompts import build_decision_prompt, build_mpc_prompt
+from .policy import TextPolicy
+
+MPC_MAX_NEW_TOKENS = 200
+DECISION_MAX_NEW_TOKENS = 12
+
+
+@dataclass(frozen=True)
+class EvalSettings:
+    split: str = "heldout"
+    track: str = HELDOUT_TRACK
+    speeds_per_phrasing: int = 1
+    decision_per_instruction: int = 20
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.split not in ("train", "heldout"):
+            raise ValueError(f"unknown split {self.split!r}: use train or heldout")
+        if self.decision_per_instruction < 2 or self.decision_per_instruction % 2:
+            raise ValueError("decision_per_instruction must be an even number >= 2")
+
+
+def evaluate_mpc(policy: TextPolicy, settings: EvalSettings, oracle: OracleTable | None = None) -> dict:
+    instructions = instruction_set(settings.split, settings.speeds_per_phrasing, settings.seed)
+    started = time.perf_counter()
+    gens = policy.generate([build_mpc_prompt(i.text) for i in instructions], MPC_MAX_NEW_TOKENS)
+    gen_time = time.perf_counter() - started
+    config = EvalConfig(track=settings.track)
+    rows, scores, oracle_scores, parses = [], [], [], []
+    for ins, gen in zip(instructions, gens):
+        parse = parse_mpc_answer(gen.text)
+        parses.append(parse)
+        if parse.params is None:
+            score, result = WORST_ADAPTABILITY, None
+        else:
+            result = evaluate(parse.params, ins, config)
+            score = result.adaptability
+        scores.append((ins.category, score))
+        row = {"instruction": ins.text, "category": ins.category.value, "target_speed": ins.target_speed,
+               "answer": gen.text, "parse_failure": parse.failure.value if parse.failure else None,
+               "adaptability": score, "crashed": bool(result and result.crashed),
+               "error": result.error if result else None, "emitted_tokens": gen.emitted_tokens}
+        if oracle is not None:
+            o = oracle.score_for(ins)
+            row["oracle_adaptability"] = o
+            if o is not None:
+                oracle_scores.append((ins.category, o))
+        rows.append(row)
+    summary = summarise_adaptability(scores)
+    report = {
+        "track": settings.track, "split": settings.split, "instructions": len(instructions),
+        "adaptability": summary, "parse_failures": count_failures(parses),
+        "parse_failure_rate": float(np.mean([p.failure is not None for p in parses])),
+        "crashes": int(sum(r["crashed"] for r in rows)), "generation_time_s": gen_time, "rows": rows,
+    }
+    if oracle is not None and len(oracle_scores) == len(instructions):
+        o_summary = summarise_adaptability(oracle_scores)
+        report["oracle_adaptability"] = o_summary
+        report["fraction_of_oracle"] = summary["overall"] / o_summary["overall"] if o_summary["overall"] > 0 else None
+    report["above_default_every_category"] = all(summary.get(c.value, -1) > 0 for c in Category)
+    return report
+
+
+def evaluate_decision(policy: TextPolicy, settings: EvalSettings) -> dict:
+    track = settings.track
+    data = generate_decision_dataset(n_per_instruction=settings.decision_per_instruction, split=settings.split,
+                                     seed=settings.seed + 12345, track=track)
+    gens = policy.generate([build_decision_prompt(ex.history, ex.phrasing) for ex in data], DECISION_MAX_NEW_TOKENS)
+    parses = [parse_decision_answer(g.text) for g in gens]
+    correct = [p.value is not None and p.value == ex.label for p, ex in zip(parses, data)]
+    per_instruction: dict[str, list[bool]] = {}
+    for ex, ok in zip(data, correct):
+        per_instruction.setdefault(ex.instruction.value, []).append(ok)
+    return {
+        "track": track, "split": settings.split, "examples": len(data), "accuracy": float(np.mean(correct)),
+        "accuracy_by_instruction": {k: float(np.mean(v)) for k, v in per_instruction.items()},
+        "parse_failures": count_failures(parses),
+    }
+
+
+def format_report(report: dict) -> str:
+    lines = [f"model {report['model']}: {report['parameters']:,} parameters, "
+             f"{report['file_size'] / 2**20:.2f} MiB weights"]
+    if "mpc" in report:
+        m = report["mpc"]
+        lines.append(f"MPC task on {m['track']} ({m['split']}, {m['instructions']} instructions): control adaptability")
+        oracle = m.get("oracle_adaptability", {})
+        lines.append(f"  {'category':20s} {'model':>8s} {'oracle':>8s}")
+        for key, value in m["adaptability"].items():
+            o = oracle.get(key)
+            lines.append(f"  {key:20s} {value:+8.3f} {'' if o is None else f'{o:+8.3f}'}")
+        if m.get("fraction_of_oracle") is not None:
+            lines.append(f"  fraction of oracle: {m['fraction_of_oracle']:.1%}")
+        lines.append(f"  parse failures: {m['parse_failure_rate']:.1%} {m['parse_failures'] or ''}  crashes: {m['crashes']}")
+    if "decision" in report:
+        d = report["decision"]
+        lines.append(f"Decision task on {d['track']} ({d['split']}, {d['examples']} examples): "
+                     f"accuracy {d['accuracy']:.1%}  parse failures {d['parse_failures'] or 0}")
+    return "\n".join(lines)

@@ -1,0 +1,62 @@
+"""Greedy generation with a PyTorch Hugging Face model (training side; the reference for ONNX)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from .policy import Generation
+
+
+class TorchPolicy:
+    def __init__(self, model, tokenizer, name: str = "torch", weights_path: str | Path | None = None,
+                 batch_size: int = 16) -> None:
+        self.model = model.eval()
+        self.tokenizer = tokenizer  # a tokenizers.Tokenizer
+        self.name = name
+        self.weights_path = Path(weights_path) if weights_path else None
+        self.batch_size = batch_size
+        self.eos_id = tokenizer.token_to_id("<|endoftext|>")
+        self.pad_id = tokenizer.token_to_id("<|pad|>")
+
+    @classmethod
+    def from_dir(cls, path: str | Path, batch_size: int = 16) -> "TorchPolicy":
+        from ..model.io import load_model
+        from ..model.tokenizer import load_tokenizer
+
+        path = Path(path)
+        model, _ = load_model(path)
+        return cls(model, load_tokenizer(path / "tokenizer.json"), name=path.name,
+                   weights_path=path / "model.safetensors", batch_size=batch_size)
+
+    def parameter_count(self) -> int:
+        return sum(p.numel() for p in self.model.parameters())
+
+    def file_size(self) -> int:
+        return self.weights_path.stat().st_size if self.weights_path and self.weights_path.exists() else 0
+
+    @torch.no_grad()
+    def generate(self, prompts: Sequence[str], max_new_tokens: int) -> list[Generation]:
+        out: list[Generation] = []
+        device = next(self.model.parameters()).device
+        for i in range(0, len(prompts), self.batch_size):
+            chunk = [self.tokenizer.encode(p).ids for p in prompts[i:i + self.batch_size]]
+            width = max(map(len, chunk))
+            ids = torch.full((len(chunk), width), self.pad_id, dtype=torch.long)
+            mask = torch.zeros_like(ids)
+            for j, seq in enumerate(chunk):  # left padding: every row ends where generation starts
+                ids[j, width - len(seq):] = torch.tensor(seq)
+                mask[j, width - len(seq):] = 1
+            gen = self.model.generate(input_ids=ids.to(device), attention_mask=mask.to(device),
+                                      max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=self.eos_id,
+                                      pad_token_id=self.pad_id)
+            for j, seq in enumerate(chunk):
+                new = gen[j, width:].tolist()
+                if self.eos_id in new:
+                    new = new[: new.index(self.eos_id) + 1]
+                text_ids = [t for t in new if t not in (self.eos_id, self.pad_id)]
+                out.append(Generation(self.tokenizer.decode(text_ids, skip_special_tokens=False),
+                                      prompt_tokens=len(seq), emitted_tokens=len(new)))
+        return out

@@ -1,0 +1,203 @@
+"""A small byte-level BPE tokenizer trained on the task corpus (``tokenizers``; HF wrapper on demand).
+
+* Pre-tokenizer: ``Digits(individual_digits=True)`` then ``ByteLevel`` (no prefix space), so
+  every digit is its own token (numbers stay learnable: "-12.345" -> "-", "1", "2", ".", "3",
+  "4", "5") and every string -- also words never seen in training, e.g. held-out phrasings --
+  tokenizes without an unknown token; no normalizer, so ``decode(encode(x)) == x``.
+* Tokens: ``<|endoftext|>`` (id 0; end of sequence, also used as beginning of sequence),
+  ``<|pad|>`` (id 1), and ``<answer>`` / ``</answer>`` (ids 2, 3) as single, *non-special*
+  added tokens: they survive ``decode(..., skip_special_tokens=True)``, which the answer parser
+  needs. The answer tags are cut out of the training text so that BPE does not spend merges on
+  their pieces.
+* No post-processor: ``encode`` adds no BOS/EOS; callers append EOS to training targets.
+
+:func:`task_corpus` is the training text: MPC prompts + answers for the *train* phrasings of
+every category and decision prompts + answers from the *train* split; held-out phrasings and
+the held-out track never enter it.
+
+This module is training-side; ``transformers`` is imported only inside :func:`as_hf_tokenizer`.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+from ..control.params import MPCParams
+from ..sim.tracks import TRAIN_TRACK
+from ..tasks.answers import ANSWER_CLOSE, ANSWER_OPEN, format_decision_answer, format_mpc_answer
+from ..tasks.decision import DecisionInstruction, generate_decision_dataset
+from ..tasks.decision import phrasings as decision_phrasings
+from ..tasks.instructions import SPEED_RANGE, Category, make_instruction
+from ..tasks.instructions import training_phrasings
+from ..tasks.prompts import PromptContext, build_decision_prompt, build_mpc_prompt
+
+__all__ = [
+    "EOS_TOKEN", "BOS_TOKEN", "PAD_TOKEN", "ANSWER_TOKENS", "TOKENIZER_FILE", "task_corpus",
+    "train_tokenizer", "save_tokenizer", "load_tokenizer", "as_hf_tokenizer", "token_counts",
+]
+
+EOS_TOKEN = "<|endoftext|>"
+BOS_TOKEN = EOS_TOKEN
+PAD_TOKEN = "<|pad|>"
+SPECIAL_TOKENS = (EOS_TOKEN, PAD_TOKEN)
+ANSWER_TOKENS = (ANSWER_OPEN, ANSWER_CLOSE)
+TOKENIZER_FILE = "tokenizer.json"
+
+# A few reason lines per category, so the corpus also covers the optional reasoning of an answer.
+_REASONS: dict[Category, tuple[str, ...]] = {
+    Category.CENTRELINE: ("Stay centred: raise the lateral and heading weights.",
+                          "Centre line: more weight on the offset n."),
+    Category.REFERENCE_VELOCITY: ("Track the target speed: set v_max to it and raise qv.",
+                                  "Speed target: v_max is the target, qv makes it stick."),
+    Category.REVERSE: ("Reverse: allow negative speed with v_min and v_max below zero.",
+                       "Drive backwards: negative speed limits."),
+    Category.SMOOTH: ("Smooth ride: low accelerations and a high steering rate weight.",
+                      "Comfort: limit lateral and longitudinal acceleration."),
+    Category.RACING_LINE: ("Racing line: lower the centre line weight and drive faster.",
+                           "Race: small safety margin, high lateral acceleration."),
+}
+
+
+def task_corpus(seed: int = 0, mpc_draws: int = 3, decision_per_instruction: int = 20) -> list[str]:
+    """Training text for the tokenizer: prompt + answer strings of both tasks, train split only.
+
+    MPC: every training phrasing (curated + compositional) of every category ``mpc_draws`` times, with random target speeds,
+    random valid parameter sets (all digits appear), a random context (speed, train track) on
+    every other draw and a reason line on every other draw. Decision:
+    ``generate_decision_dataset(decision_per_instruction, split="train", seed=seed)``, cycling
+    through the train phrasings of each instruction so that every one of them appears.
+    """
+    if mpc_draws < 1 or decision_per_instruction < 2:
+        raise ValueError("task_corpus: need mpc_draws >= 1 and decision_per_instruction >= 2")
+    rng = np.random.default_rng(seed)
+    texts: list[str] = []
+    for category in Category:
+        for phrasing in training_phrasings(category):
+            for k in range(mpc_draws):
+                speed = float(rng.uniform(*SPEED_RANGE)) if category is Category.REFERENCE_VELOCITY else None
+                ins = make_instruction(category, phrasing, speed)
+                context = None
+                if k % 2 == 1:
+                    context = PromptContext(current_speed=round(float(rng.uniform(-2.0, 10.0)), 1), track=TRAIN_TRACK)
+                params = MPCParams.from_unit_vector(list(rng.random(11)))
+                reasons = _REASONS[category]
+                reason = reasons[int(rng.integers(len(reasons)))] if k % 2 == 0 else None
+                texts.append(build_mpc_prompt(ins.text, context) + format_mpc_answer(params, reason))
+    examples = generate_decision_dataset(decision_per_instruction, split="train", seed=seed)
+    seen: dict[DecisionInstruction, int] = {}
+    for ex in examples:
+        texts_ins = decision_phrasings(ex.instruction, "train")
+        k = seen.get(ex.instruction, 0)
+        seen[ex.instruction] = k + 1
+        texts.append(build_decision_prompt(ex.history, texts_ins[k % len(texts_ins)]) + format_decision_answer(ex.label))
+    return texts
+
+
+_TAG_RE = re.compile("|".join(re.escape(t) for t in ANSWER_TOKENS))
+
+
+def _new_tokenizer() -> Tokenizer:
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Digits(individual_digits=True),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
+    ])
+    tok.decoder = decoders.ByteLevel()
+    return tok
+
+
+def train_tokenizer(corpus: Iterable[str], vocab_size: int = 1024) -> Tokenizer:
+    """Train the byte-level BPE tokenizer on ``corpus``; ``vocab_size`` counts every token
+    (specials and answer tags included; a small corpus may end up with fewer)."""
+    fixed = SPECIAL_TOKENS + ANSWER_TOKENS
+    n_bytes = len(pre_tokenizers.ByteLevel.alphabet())
+    if vocab_size < len(fixed) + n_bytes:
+        raise ValueError(f"vocab_size must be >= {len(fixed) + n_bytes} (256 bytes + {len(fixed)} fixed tokens), "
+                         f"got {vocab_size}")
+    tok = _new_tokenizer()
+    # All four fixed tokens go into the model vocabulary first (ids 0-3) ...
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(fixed),
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+
+    def pieces() -> Iterable[str]:  # the answer tags are single tokens: do not learn merges for them
+        for text in corpus:
+            if not isinstance(text, str):
+                raise TypeError(f"train_tokenizer: corpus items must be strings, got {type(text).__name__}")
+            yield from (p for p in _TAG_RE.split(text) if p)
+
+    tok.train_from_iterator(pieces(), trainer)
+    # ... then the answer tags are turned into ordinary (non-special) added tokens, so that
+    # decode(..., skip_special_tokens=True) keeps them. Editing the serialized form is the one
+    # reliable way: re-adding them through the API leaves them in the in-memory special set.
+    data = json.loads(tok.to_str())
+    for entry in data["added_tokens"]:
+        if entry["content"] in ANSWER_TOKENS:
+            entry["special"] = False
+    tok = Tokenizer.from_str(json.dumps(data))
+    _check(tok, "trained tokenizer")
+    return tok
+
+
+def _check(tok: Tokenizer, where: str) -> None:
+    for token in SPECIAL_TOKENS + ANSWER_TOKENS:
+        got = tok.token_to_id(token)
+        if got is None:
+            raise ValueError(f"{where}: token {token!r} is missing; train it with "
+                             "edge_runtime.model.tokenizer.train_tokenizer")
+        if token in ANSWER_TOKENS and tok.encode(token).ids != [got]:
+            raise ValueError(f"{where}: {token!r} does not encode to a single token")
+
+
+def save_tokenizer(tok: Tokenizer, path: str | Path) -> Path:
+    """Write ``tok`` as JSON; ``path`` is a ``.json`` file or a directory (then ``tokenizer.json``
+    inside it). Returns the file written."""
+    path = Path(path)
+    if path.suffix != ".json" or path.is_dir():
+        path = path / TOKENIZER_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tok.save(str(path))
+    return path
+
+
+def load_tokenizer(path: str | Path) -> Tokenizer:
+    """Load a tokenizer saved by :func:`save_tokenizer` (a ``.json`` file or a directory holding
+    ``tokenizer.json``); FileNotFoundError / ValueError naming the file when missing or corrupt."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / TOKENIZER_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"tokenizer file {path} not found; train one with "
+                                "edge_runtime.model.tokenizer.train_tokenizer and save_tokenizer")
+    try:
+        json.loads(path.read_text(encoding="utf-8"))
+        tok = Tokenizer.from_file(str(path))
+    except Exception as exc:  # JSON errors, tokenizers' own exceptions, bad encodings
+        raise ValueError(f"tokenizer file {path} is not a valid tokenizers JSON file ({type(exc).__name__}: "
+                         f"{str(exc)[:200]})") from None
+    _check(tok, f"tokenizer file {path}")
+    return tok
+
+
+def as_hf_tokenizer(tok_or_path: Tokenizer | str | Path):
+    """Wrap a tokenizer (object, ``tokenizer.json`` path or directory) as a
+    ``transformers.PreTrainedTokenizerFast`` with eos = bos = ``<|endoftext|>`` and pad ``<|pad|>``.
+
+    Token ids are the same as the raw tokenizer's (no BOS/EOS is added); tokenization spaces are
+    not cleaned up on decode, so decode(encode(x)) == x holds here too."""
+    from transformers import PreTrainedTokenizerFast  # training side only
+
+    tok = tok_or_path if isinstance(tok_or_path, Tokenizer) else load_tokenizer(tok_or_path)
+    _check(tok, "as_hf_tokenizer")
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=EOS_TOKEN, bos_token=BOS_TOKEN,
+                                   pad_token=PAD_TOKEN, clean_up_tokenization_spaces=False)
+
+
+def token_counts(tok: Tokenizer, texts: Sequence[str]) -> list[int]:
+    """Number of tokens of each text (no special tokens added)."""
+    return [len(e.ids) for e in tok.encode_batch(list(texts), add_special_tokens=False)]

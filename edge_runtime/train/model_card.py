@@ -1,0 +1,74 @@
+"""Model cards: how a shipped model was trained and what it scored, written from the run's files.
+
+Everything in the card comes from files the training and evaluation wrote (train_summary.json,
+edge_runtime_meta.json, an ``edge-eval --json`` report), so a card never states a number that
+was not measured.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+def _table(adapt: dict, oracle: dict | None) -> list[str]:
+    lines = ["| category | model | oracle |", "|---|---|---|"]
+    for key, value in adapt.items():
+        o = (oracle or {}).get(key)
+        lines.append(f"| {key} | {value:+.3f} | {'' if o is None else f'{o:+.3f}'} |")
+    return lines
+
+
+def write_model_card(model_dir: Path, eval_report: Path | None) -> Path:
+    summary = json.loads((model_dir / "train_summary.json").read_text())
+    size = (model_dir / "model.safetensors").stat().st_size
+    hist = summary["history"]
+    lines = [
+        f"# {model_dir.name}",
+        "",
+        "A driving-controller LLM for edge_runtime: it reads a driving instruction and answers with the",
+        "11 MPC parameters (MPC task), or reads a 3 s state history and answers whether the car adheres to",
+        "an instruction (decision task). Prompt and answer formats: `edge_runtime/tasks/prompts.py`,",
+        "`edge_runtime/tasks/answers.py`.",
+        "",
+        "## Training",
+        "",
+        f"- command: `{summary['command']}`",
+        f"- seed {summary['seed']}; preset `{summary['preset']}`" + (f"; initialised from `{summary['init_from']}`"
+                                                                     if summary.get("init_from") else ""),
+        f"- parameters: {summary['parameters']:,}; weights: {size / 2**20:.2f} MiB (safetensors, fp32)",
+        f"- data: {summary['data']['mpc_examples']} MPC examples (training phrasings, oracle answers from "
+        f"`{Path(summary['oracle_table']).name}` on the training track, jitter {summary['data']['jitter']}), "
+        f"{8 * summary['data']['decision_per_instruction']} decision examples (balanced, training phrasings, "
+        "training track)",
+        f"- optimisation: {hist['optim']['steps']} steps, batch {hist['optim']['batch_size']}, AdamW lr "
+        f"{hist['optim']['lr']} (warm-up {hist['optim']['warmup_steps']}, cosine), grad clip "
+        f"{hist['optim']['grad_clip']}; loss on answer tokens only",
+        f"- loss {hist['first_loss']:.3f} -> {hist['last_loss']:.3f}; held-out-seed eval loss {hist['eval_loss']:.3f}",
+        f"- wall time {summary['wall_time_s'] / 60:.1f} min on {summary['device']} ({summary['threads']} threads, "
+        f"torch {summary['torch']})",
+        "",
+    ]
+    if eval_report is not None:
+        rep = json.loads(eval_report.read_text())
+        lines += ["## Held-out scores", ""]
+        if "mpc" in rep:
+            m = rep["mpc"]
+            lines += [f"MPC task: {m['instructions']} held-out phrasings on the held-out track `{m['track']}` "
+                      "(control adaptability: relative RMSE improvement over the default parameters; worst case -4).", ""]
+            lines += _table(m["adaptability"], m.get("oracle_adaptability"))
+            lines += [""]
+            if m.get("fraction_of_oracle") is not None:
+                lines.append(f"- fraction of the oracle's overall adaptability: {m['fraction_of_oracle']:.1%}")
+            lines.append(f"- above the default parameters in every category: {m['above_default_every_category']}")
+            lines.append(f"- parse failures: {m['parse_failure_rate']:.1%} {m['parse_failures'] or ''}; "
+                         f"crashes: {m['crashes']}")
+        if "decision" in rep:
+            d = rep["decision"]
+            lines.append(f"- decision accuracy: {d['accuracy']:.1%} on {d['examples']} balanced held-out examples "
+                         f"(track `{d['track']}`); parse failures {d['parse_failures'] or 0}")
+        lines += ["", f"Reproduce the scores: `edge-eval --model {model_dir} --task both --split heldout "
+                      f"--json {eval_report.name}`", ""]
+    path = model_dir / "README.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path

@@ -1,0 +1,228 @@
+"""Supervised fine-tuning of the driving LLM on oracle answers (loss on answer tokens only).
+
+Why our own loop instead of TRL's SFTTrainer: the pruning recipes remove attention heads and MLP
+channels *during* training, which replaces Linear modules and therefore invalidates the
+optimizer's parameter references and moment buffers. Here the optimizer is an attribute that a
+structural change (``StepHook`` returning True) rebuilds -- with pruning slicing its state -- and
+the data, schedule and logging stay in one readable file. AdamW, linear warm-up then cosine
+decay, gradient clipping, seeded everything, tqdm progress, metrics as JSON lines, checkpoints
+as safetensors model directories.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .sft_data import SFTExample
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    steps: int = 1500
+    batch_size: int = 16
+    lr: float = 2e-3
+    min_lr_ratio: float = 0.05
+    warmup_steps: int = 100
+    weight_decay: float = 0.01
+    betas: tuple[float, float] = (0.9, 0.98)
+    grad_clip: float = 1.0
+    seed: int = 0
+    eval_every: int = 250
+    eval_examples: int = 64
+    checkpoint_every: int = 0  # 0: only the final model
+    max_length: int = 768
+
+    def __post_init__(self) -> None:
+        if self.steps < 1 or self.batch_size < 1:
+            raise ValueError("OptimConfig: steps and batch_size must be >= 1")
+        if not (self.lr > 0 and 0 <= self.min_lr_ratio <= 1):
+            raise ValueError("OptimConfig: lr > 0 and 0 <= min_lr_ratio <= 1 required")
+        if self.warmup_steps < 0 or self.grad_clip <= 0 or self.eval_every < 0 or self.checkpoint_every < 0:
+            raise ValueError("OptimConfig: warmup_steps, eval_every, checkpoint_every >= 0 and grad_clip > 0")
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def lr_at(step: int, cfg: OptimConfig) -> float:
+    """Linear warm-up to ``lr``, then cosine decay to ``lr * min_lr_ratio`` at ``steps``."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+    cosine = 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+    return cfg.lr * (cfg.min_lr_ratio + (1.0 - cfg.min_lr_ratio) * cosine)
+
+
+@dataclass
+class EncodedExample:
+    input_ids: list[int]
+    labels: list[int]  # -100 on prompt tokens
+
+
+def encode_examples(examples: Sequence[SFTExample], tokenizer, eos_id: int, max_length: int) -> list[EncodedExample]:
+    """Prompt and answer are tokenised separately (generation sees the prompt alone), the answer
+    is followed by EOS, and only answer tokens + EOS carry labels."""
+    out = []
+    for ex in examples:
+        p = tokenizer.encode(ex.prompt).ids
+        a = tokenizer.encode(ex.answer).ids + [eos_id]
+        ids = (p + a)[:max_length]
+        labels = ([-100] * len(p) + a)[:max_length]
+        if len(p) >= max_length:
+            raise ValueError(f"prompt of {len(p)} tokens does not fit max_length={max_length}")
+        out.append(EncodedExample(ids, labels))
+    return out
+
+
+def collate(batch: Sequence[EncodedExample], pad_id: int, device: torch.device) -> dict[str, torch.Tensor]:
+    width = max(len(e.input_ids) for e in batch)
+    ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(batch), width), -100, dtype=torch.long)
+    mask = torch.zeros((len(batch), width), dtype=torch.long)
+    for i, e in enumerate(batch):
+        n = len(e.input_ids)
+        ids[i, :n] = torch.tensor(e.input_ids)
+        labels[i, :n] = torch.tensor(e.labels)
+        mask[i, :n] = 1
+    return {"input_ids": ids.to(device), "labels": labels.to(device), "attention_mask": mask.to(device)}
+
+
+def answer_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Mean over examples of each example's mean token loss on its answer.
+
+    Averaging per example first (rather than over all answer tokens of the batch) gives a decision
+    answer -- a handful of tokens -- the same weight as an MPC answer of fifty; with a plain token
+    mean the decision label drowns and the model learns to always say the majority answer."""
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
+    targets = batch["labels"][:, 1:]
+    ce = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1),
+                                           ignore_index=-100, reduction="none").view(targets.shape)
+    mask = (targets != -100).to(ce.dtype)
+    return ((ce * mask).sum(1) / mask.sum(1).clamp(min=1.0)).mean()
+
+
+def make_optimizer(model: torch.nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
+    """AdamW; no weight decay on norms and biases."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            (no_decay if p.ndim < 2 or "norm" in name else decay).append(p)
+    return torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                              {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=cfg.betas)
+
+
+@dataclass
+class TrainState:
+    step: int
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    metrics: dict = field(default_factory=dict)
+
+
+StepHook = Callable[[TrainState], bool]
+"""Called after every optimiser step; returns True when it changed the model's structure (the
+trainer then rebuilds the optimizer unless the hook already replaced ``state.optimizer``)."""
+
+
+class SFTTrainer:
+    def __init__(self, model: torch.nn.Module, tokenizer, train: Sequence[SFTExample], cfg: OptimConfig,
+                 out_dir: str | Path, eval_examples: Sequence[SFTExample] = (), hooks: Sequence[StepHook] = (),
+                 device: str | torch.device | None = None,
+                 checkpoint_fn: Callable[[torch.nn.Module, Path], None] | None = None) -> None:
+        self.cfg = cfg
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.model = model.to(self.device)
+        self.tokenizer = tokenizer
+        self.eos_id = tokenizer.token_to_id("<|endoftext|>")
+        self.pad_id = tokenizer.token_to_id("<|pad|>")
+        if self.eos_id is None or self.pad_id is None:
+            raise ValueError("tokenizer needs <|endoftext|> and <|pad|> tokens")
+        self.train_data = encode_examples(train, tokenizer, self.eos_id, cfg.max_length)
+        self.eval_data = encode_examples(eval_examples, tokenizer, self.eos_id, cfg.max_length)
+        if not self.train_data:
+            raise ValueError("no training examples")
+        self.hooks = list(hooks)
+        self.out_dir = Path(out_dir)
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.metrics_path = self.out_dir / "metrics.jsonl"
+        self.checkpoint_fn = checkpoint_fn
+        self.optimizer = make_optimizer(self.model, cfg)
+        self.rng = np.random.default_rng(cfg.seed)
+
+    def _batches(self):
+        n = len(self.train_data)
+        while True:
+            order = self.rng.permutation(n)
+            for i in range(0, n - self.cfg.batch_size + 1, self.cfg.batch_size):
+                yield [self.train_data[j] for j in order[i:i + self.cfg.batch_size]]
+
+    @torch.no_grad()
+    def evaluate_loss(self) -> float:
+        if not self.eval_data:
+            return float("nan")
+        self.model.eval()
+        total, count = 0.0, 0
+        data = self.eval_data[: self.cfg.eval_examples]
+        for i in range(0, len(data), self.cfg.batch_size):
+            batch = collate(data[i:i + self.cfg.batch_size], self.pad_id, self.device)
+            n = batch["input_ids"].shape[0]
+            total += answer_loss(self.model, batch).item() * n
+            count += n
+        self.model.train()
+        return total / max(count, 1)
+
+    def train(self) -> dict:
+        cfg = self.cfg
+        seed_everything(cfg.seed)
+        self.model.train()
+        batches = self._batches()
+        started = time.time()
+        history = {"first_loss": None, "last_loss": None}
+        tokens = 0
+        with open(self.metrics_path, "a", encoding="utf-8") as log, tqdm(total=cfg.steps, desc="sft",
+                                                                           dynamic_ncols=True) as bar:
+            for step in range(cfg.steps):
+                lr = lr_at(step, cfg)
+                for group in self.optimizer.param_groups:
+                    group["lr"] = lr
+                batch = collate(next(batches), self.pad_id, self.device)
+                loss = answer_loss(self.model, batch)
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip))
+                self.optimizer.step()
+                tokens += int(batch["attention_mask"].sum())
+                record = {"step": step + 1, "loss": loss.item(), "lr": lr, "grad_norm": grad_norm,
+                          "tokens_per_s": tokens / max(time.time() - started, 1e-9), "elapsed_s": time.time() - started}
+                if cfg.eval_every and ((step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps):
+                    record["eval_loss"] = self.evaluate_loss()
+                state = TrainState(step + 1, self.model, self.optimizer, record)
+                for hook in self.hooks:
+                    before = self.optimizer
+                    if hook(state) and state.optimizer is before:
+                        state.optimizer = make_optimizer(self.model, cfg)
+                    self.optimizer = state.optimizer
+                log.write(json.dumps(record) + "\n")
+                log.flush()
+                history["first_loss"] = history["first_loss"] or record["loss"]
+                history["last_loss"] = record["loss"]
+                bar.set_postfix(loss=f"{record['loss']:.3f}", lr=f"{lr:.1e}")
+                bar.update(1)
+                if self.checkpoint_fn and cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0:
+                    self.checkpoint_fn(self.model, self.out_dir / "checkpoints" / f"step_{step + 1}")
+        history.update({"steps": cfg.steps, "wall_time_s": time.time() - started, "tokens": tokens,
+                        "eval_loss": self.evaluate_loss(), "optim": asdict(cfg)})
+        return history

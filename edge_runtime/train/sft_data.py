@@ -1,0 +1,114 @@
+"""SFT examples: (prompt, answer) text pairs for both driving tasks, from the train split only.
+
+MPC task: the training phrasings, curated and compositional (reference-velocity ones with seeded target speeds),
+answered with the oracle's parameter set for that instruction, jittered so that the model learns
+a neighbourhood of good answers rather than one string. The jitter is relative (``jitter`` of the
+parameter's range, Gaussian), clipped into range, and never touches the speed bounds that a
+reference-velocity or reverse instruction pins down, nor the parameters the oracle left at their
+defaults. Answers list only the parameters that differ from the defaults (the rest default). Decision task: the balanced, seeded dataset
+of ``edge_runtime.tasks.decision`` with train phrasings on the train track.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..control.params import PARAM_SPECS, MPCParams
+from ..tasks.answers import format_decision_answer, format_mpc_answer
+from ..tasks.decision import generate_decision_dataset
+from ..tasks.instructions import SPEED_RANGE, Category, Instruction, make_instruction, training_phrasings
+from ..tasks.oracle_table import OracleTable
+from ..tasks.prompts import build_decision_prompt, build_mpc_prompt
+
+
+@dataclass(frozen=True)
+class SFTExample:
+    task: str  # "mpc" | "decision"
+    prompt: str
+    answer: str
+    category: str  # instruction category (mpc) or decision instruction value
+
+
+@dataclass(frozen=True)
+class SFTDataConfig:
+    mpc_examples: int = 3000
+    decision_per_instruction: int = 200  # even; half True, half False
+    jitter: float = 0.03  # Gaussian sigma as a fraction of each parameter's range
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.mpc_examples < 0 or self.decision_per_instruction < 0:
+            raise ValueError("SFTDataConfig: example counts must be >= 0")
+        if self.decision_per_instruction % 2:
+            raise ValueError("SFTDataConfig.decision_per_instruction must be even (balanced labels)")
+        if not 0 <= self.jitter <= 0.5:
+            raise ValueError("SFTDataConfig.jitter must be in [0, 0.5]")
+
+
+_PINNED = {Category.REFERENCE_VELOCITY: ("v_max",), Category.REVERSE: ("v_max", "v_min")}
+
+
+def jitter_params(params: MPCParams, category: Category, rng: np.random.Generator, scale: float) -> MPCParams:
+    values = params.to_dict()
+    for spec in PARAM_SPECS:
+        if spec.name in _PINNED.get(category, ()) or scale == 0 or values[spec.name] == spec.default:
+            continue
+        noisy = values[spec.name] + rng.normal(0.0, scale) * (spec.high - spec.low)
+        values[spec.name] = float(np.clip(noisy, spec.low, spec.high))
+    values["v_min"] = min(values["v_min"], values["v_max"])
+    return MPCParams(**{k: round_significant(v, 3) for k, v in values.items()})
+
+
+def round_significant(x: float, digits: int) -> float:
+    """Round to ``digits`` significant digits: every digit is a token, and the fourth one of a
+    jittered value is noise the model should not have to learn."""
+    if x == 0:
+        return 0.0
+    return round(x, max(0, digits - 1 - int(np.floor(np.log10(abs(x))))))
+
+
+def reasoning_for(instruction: Instruction) -> str:
+    """The short reason line before the answer: naming the category (and target) first gives the
+    model an explicit intermediate step before it writes eleven numbers."""
+    if instruction.category is Category.REFERENCE_VELOCITY:
+        return f"Reason: hold {instruction.target_speed:g} m/s."
+    return {
+        Category.CENTRELINE: "Reason: stay on the centre line.",
+        Category.REVERSE: "Reason: drive backwards.",
+        Category.SMOOTH: "Reason: keep accelerations low.",
+        Category.RACING_LINE: "Reason: take the racing line.",
+    }[instruction.category]
+
+
+def mpc_examples(table: OracleTable, n: int, jitter: float, rng: np.random.Generator) -> list[SFTExample]:
+    categories = list(Category)
+    out = []
+    for i in range(n):
+        category = categories[i % len(categories)]
+        options = training_phrasings(category)
+        phrase = options[int(rng.integers(len(options)))]
+        speed = round(float(rng.uniform(*SPEED_RANGE)), 1) if category is Category.REFERENCE_VELOCITY else None
+        ins = make_instruction(category, phrase, speed)
+        params = jitter_params(table.params_for(ins), category, rng, jitter)
+        out.append(SFTExample("mpc", build_mpc_prompt(ins.text), format_mpc_answer(params, reasoning_for(ins), only_changed=True),
+                              category.value))
+    return out
+
+
+def decision_examples(n_per_instruction: int, seed: int) -> list[SFTExample]:
+    if n_per_instruction == 0:
+        return []
+    data = generate_decision_dataset(n_per_instruction=n_per_instruction, split="train", seed=seed)
+    return [SFTExample("decision", build_decision_prompt(ex.history, ex.phrasing), format_decision_answer(ex.label),
+                       ex.instruction.value) for ex in data]
+
+
+def build_sft_examples(table: OracleTable, config: SFTDataConfig) -> list[SFTExample]:
+    """All SFT examples, shuffled with the config's seed."""
+    rng = np.random.default_rng(config.seed)
+    examples = mpc_examples(table, config.mpc_examples, config.jitter, rng)
+    examples += decision_examples(config.decision_per_instruction, config.seed)
+    order = rng.permutation(len(examples))
+    return [examples[i] for i in order]
