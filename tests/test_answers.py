@@ -261,6 +261,8 @@ def test_fuzz_json_objects(obj, clamp):
 def _mutate(data: st.DataObject, text: str) -> str:
     op = data.draw(st.sampled_from(["truncate", "delete", "insert", "swap_names", "huge", "nan", "nested",
                                     "duplicate_tags", "duplicate_key", "replace_number"]))
+    if not text:  # an earlier truncation left nothing to mutate
+        return text
     if op == "truncate":
         return text[:data.draw(st.integers(0, len(text)))]
     if op == "delete":

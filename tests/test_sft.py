@@ -78,3 +78,25 @@ def test_micro_sft_lowers_the_loss_and_saves(examples, tokenizer, tmp_path):
     ids = torch.tensor([tokenizer.encode(examples[0].prompt).ids])
     with torch.no_grad():
         assert torch.allclose(reloaded(ids).logits, trainer.model.eval()(ids).logits, atol=1e-5)
+
+
+def test_decision_reasoning_states_the_rule_that_decides_the_label():
+    import re
+
+    from edge_runtime.tasks.answers import parse_decision_answer
+    from edge_runtime.train.sft_data import decision_examples
+
+    examples = decision_examples(10, seed=3)
+    agree = 0
+    for ex in examples:
+        reason, _, answer = ex.answer.partition("\n")
+        label = parse_decision_answer(answer).value
+        if reason.startswith("Crashed"):
+            assert label is False
+            agree += 1
+            continue
+        checks = re.findall(r"(-?\d+), needs (<|>|>=) (-?\d+)", reason)
+        assert checks, reason
+        ok = all({"<": int(a) < int(b), ">": int(a) > int(b), ">=": int(a) >= int(b)}[op] for a, op, b in checks)
+        agree += ok == label
+    assert agree >= 0.97 * len(examples)  # cm rounding may flip a label that sits on a threshold

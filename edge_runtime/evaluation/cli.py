@@ -22,15 +22,24 @@ DEFAULT_ORACLE = Path(__file__).resolve().parent.parent / "tasks" / "data" / "or
 
 
 def load_policy(path: str):
-    """A model directory (safetensors + arch spec); ONNX files join once the export lands."""
+    """A model directory (safetensors + arch spec, run with PyTorch) or an exported ONNX file
+    (run with ONNX Runtime, as on the vehicle)."""
     p = Path(path)
     if not p.exists():
-        raise ValueError(f"{p}: model not found (pass a model directory with model.safetensors and arch_spec.json)")
+        raise ValueError(f"{p}: model not found (pass a model directory with model.safetensors and arch_spec.json, "
+                         "or an .onnx file from edge-export)")
     if p.is_dir():
         from .torch_policy import TorchPolicy
 
         return TorchPolicy.from_dir(p)
-    raise ValueError(f"{p}: not a model directory; ONNX evaluation arrives with the export issue")
+    if p.suffix == ".onnx":
+        from ..runtime.generator import ModelLoadError, OnnxPolicy
+
+        try:
+            return OnnxPolicy(p)
+        except ModelLoadError as exc:
+            raise ValueError(str(exc)) from None
+    raise ValueError(f"{p}: neither a model directory nor an .onnx file")
 
 
 def main(argv: list[str] | None = None) -> int:

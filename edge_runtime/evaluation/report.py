@@ -27,7 +27,7 @@ from ..tasks.prompts import build_decision_prompt, build_mpc_prompt
 from .policy import TextPolicy
 
 MPC_MAX_NEW_TOKENS = 200
-DECISION_MAX_NEW_TOKENS = 12
+DECISION_MAX_NEW_TOKENS = 48
 
 
 @dataclass(frozen=True)

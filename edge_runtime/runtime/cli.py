@@ -1,11 +1,25 @@
 """``edge-run``: drive the car in a simulator with the MPC at a fixed rate and record telemetry.
 
     edge-run --sim track --track hairpin --params default --duration 30 --out runs/demo
+    edge-run --model models/dense.onnx --sim track --script demo.txt --duration 40 --out runs/llm
 
-Writes ``steps.jsonl`` (one JSON line per control step) and ``summary.json`` to ``--out`` and
-prints the summary table. The parameter set is a JSON file (or ``default``); the LLM that chooses
-parameter sets from instructions plugs into the same loop. Ctrl-C / SIGTERM stop the loop
-cleanly: the log is flushed and the summary written. Errors print one line and exit 2.
+Without ``--model`` the MPC drives with one fixed parameter set (``--params FILE`` or the
+defaults). With ``--model X.onnx`` an exported LLM chooses the parameter sets: it answers each
+instruction of ``--instruction TEXT`` (one instruction at t = 0), ``--script FILE`` (see
+``edge_runtime.runtime.scenario`` for the format) or, with neither, "Drive on the centre line."
+at t = 0. The LLM runs on a worker thread (``llm_worker``); its parameters apply at the next
+control step after the answer arrives, and the control thread never waits for it -- except with
+``--fast``, where the loop pauses at each instruction until its answer is in, so that a run is
+deterministic (tests, CI; recorded as ``llm_blocking: true``).
+
+Writes ``steps.jsonl`` (one JSON line per control step and per LLM call) and ``summary.json`` to
+``--out`` and prints the summary table: control-step and MPC latency, LLM time to first token,
+per-token decode and total latency, LLM failures by reason, and the closed-loop score of every
+instruction window against the default parameters re-simulated from the same start state
+(``edge_runtime.runtime.scenario``), plus the model's control adaptability over the windows
+(an applied answer scores its window's improvement, a failed answer the worst case, -4).
+Ctrl-C / SIGTERM stop the loop and the LLM worker cleanly: the log is flushed and the summary
+written. Errors print one line and exit 2.
 """
 
 from __future__ import annotations
@@ -16,50 +30,213 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any, NoReturn
 
 from ..control.mpc import FrenetMPC, MPCConfig
 from ..control.params import DEFAULT_PARAMS, MPCParams, ParameterError
 from ..sim import SimulatorUnavailableError, make_simulator, registered_simulators
 from ..sim.track import TrackFormatError
 from ..sim.tracks import TRAIN_TRACK
+from ..tasks.instructions import Category
+from ..tasks.metrics import WORST_ADAPTABILITY, summarise_adaptability
 from ..telemetry.writer import JsonlWriter, write_json_atomic
 from .control_loop import ControlLoop, LoopConfig
+from .scenario import (
+    DEFAULT_INSTRUCTION,
+    Scenario,
+    ScriptError,
+    load_script,
+    score_windows,
+    single_instruction,
+)
+
+WORKER_STOP_TIMEOUT = 10.0  # s to let a running generation finish at the end of a run
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage errors as one line (``edge-run: error: ...``), exit 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="edge-run", description=__doc__.split("\n")[0])
+    p = _Parser(prog="edge-run", description=__doc__.split("\n")[0])
     p.add_argument("--sim", default="track", help=f"simulator backend ({', '.join(registered_simulators())})")
     p.add_argument("--track", default=TRAIN_TRACK, help="built-in track name or CSV path (x, y, w_right, w_left)")
-    p.add_argument("--params", default="default", help="MPC parameter JSON file, or 'default'")
+    source = p.add_mutually_exclusive_group()
+    source.add_argument("--params", default=None, help="fixed MPC parameter JSON file, or 'default' (no LLM)")
+    source.add_argument("--model", default=None, help="exported ONNX decoder (edge-export): the LLM sets the parameters")
+    script = p.add_mutually_exclusive_group()
+    script.add_argument("--instruction", default=None, help="with --model: one instruction, issued at t = 0")
+    script.add_argument("--script", default=None,
+                        help="with --model: instruction script, 'TIME_S, text' per line or a JSON list")
     p.add_argument("--duration", type=float, default=30.0, help="simulated seconds to drive")
     p.add_argument("--rate", type=float, default=20.0, help="control rate, Hz")
     p.add_argument("--horizon", type=int, default=20, help="MPC horizon, steps")
     p.add_argument("--out", default="runs/latest", help="directory for steps.jsonl and summary.json")
-    p.add_argument("--fast", action="store_true", help="do not pace to the wall clock (tests, CI)")
+    p.add_argument("--fast", action="store_true",
+                   help="do not pace to the wall clock; with --model, wait for each answer (deterministic)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="ONNX Runtime intra-op threads for the LLM (default: ONNX Runtime's choice, all cores; "
+                        "on a vehicle leave a core to the control loop)")
+    p.add_argument("--provider", default="cpu", help="ONNX Runtime provider: cpu, cuda, tensorrt or auto")
     return p
+
+
+def _fail(message: object) -> int:
+    print(f"edge-run: error: {' '.join(str(message).split())}", file=sys.stderr)
+    return 2
+
+
+def _ms(st: dict, key: str) -> str:
+    value = st.get(key)
+    return f"{1e3 * value:8.3f}" if isinstance(value, (int, float)) else f"{'-':>8s}"
 
 
 def _print_summary(summary: dict) -> None:
     ex, so = summary["exec_time"], summary["mpc_solve_time"]
-    print(f"steps {summary['steps']} at {summary['rate_hz']:g} Hz ({'real time' if summary['realtime'] else 'fast'}), "
+    mode = "real time" if summary["realtime"] else "fast"
+    if summary.get("llm_blocking"):
+        mode += ", waits for the LLM"
+    print(f"steps {summary['steps']} at {summary['rate_hz']:g} Hz ({mode}), "
           f"sim {summary['sim_time']:.1f} s, laps {summary['laps']:.2f}, crashed {summary['crashed']}")
     print(f"{'ms':16s} {'p50':>8s} {'p90':>8s} {'p99':>8s} {'max':>8s}   (first {ex['warmup_excluded']} steps excluded)")
-    for name, st in (("control step", ex), ("MPC solve", so)):
-        print(f"{name:16s} " + " ".join(f"{1e3 * st[k]:8.3f}" for k in ("p50", "p90", "p99", "max")))
+    rows = [("control step", ex), ("MPC solve", so)]
+    llm = summary.get("llm")
+    if llm:
+        rows += [("LLM first token", llm["time_to_first_token"]), ("LLM per token", llm["decode_per_token"]),
+                 ("LLM total", llm["total"])]
+    for name, st in rows:
+        print(f"{name:16s} " + " ".join(_ms(st, k) for k in ("p50", "p90", "p99", "max")))
     print(f"overruns {summary['overruns']}  dropped {summary['dropped_steps']}  MPC failures {summary['mpc_failures']}  "
           f"RSS {summary['rss'] / 2**20:.1f} MiB (peak {summary['peak_rss'] / 2**20:.1f} MiB)")
+    if llm:
+        failures = ", ".join(f"{k} {v}" for k, v in llm["failures"].items()) or "none"
+        status = ", ".join(f"{k} {v}" for k, v in llm["status"].items()) or "none"
+        print(f"LLM calls {llm['generations']} ({status}); parse/worker failures: {failures}; "
+              f"tokens emitted {llm['emitted_tokens']}, prompt {llm['prompt_tokens_mean'] or 0:.0f} tokens")
+    windows = summary.get("windows") or []
+    if windows:
+        print(f"{'win':>3s} {'t [s]':>6s} {'category':18s} {'LLM':14s} {'error':>8s} {'default':>8s} {'improv.':>8s}  instruction")
+        for w in windows:
+            def num(x):
+                return f"{x:8.3f}" if isinstance(x, (int, float)) else f"{'-':>8s}"
+            imp = w["improvement"]
+            imp_s = f"{100 * imp:+7.1f}%" if isinstance(imp, (int, float)) else f"{'-':>8s}"
+            flag = " (crashed)" if w["crashed"] else (" (stalled)" if w["stalled"] else "")
+            print(f"{w['window']:3d} {w['t_start']:6.1f} {w['category']:18s} {w['llm'][:14]:14s} {num(w['error'])} "
+                  f"{num(w['default_error'])} {imp_s}  {w['instruction'][:48]}{flag}")
+        print("error: RMS of the category's quantity over the window; default: the same window re-simulated "
+              "from the same state with the default parameters")
+        overall = (summary.get("adaptability") or {}).get("overall")
+        if isinstance(overall, (int, float)):
+            print(f"control adaptability of the model: {overall:+.3f} (mean over categories; windows whose answer "
+                  f"failed score {WORST_ADAPTABILITY:g})")
+
+
+#: Window LLM states that say nothing about the model's answer (it never got to act on the window).
+_UNSCORED = ("stale", "superseded", "unapplied", "pending")
+
+
+def _model_adaptability(windows: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """Control adaptability of the model over the run's windows, by the project's convention
+    (edge_runtime.tasks.metrics): a window whose answer applied scores its improvement; one whose
+    answer failed (parse failure, worker error) scores WORST_ADAPTABILITY -- whatever the carried-
+    over parameters achieved, which the window's own ``improvement`` still shows; windows the
+    answer never reached (stale, superseded, pending) are left out."""
+    scored = []
+    for w in windows:
+        if w["llm"] == "applied" and w["improvement"] is not None:
+            scored.append((w["category"], w["improvement"]))
+        elif w["llm"] not in _UNSCORED and w["llm"] != "applied" and w["steps"]:
+            scored.append((w["category"], WORST_ADAPTABILITY))
+    if not scored:
+        return None
+    return {**summarise_adaptability(scored), "windows": len(scored)}
+
+
+def _scenario(args: argparse.Namespace) -> tuple[Scenario | None, str | None]:
+    if args.model is None:
+        if args.instruction is not None or args.script is not None:
+            raise ScriptError("--instruction and --script need --model (an exported ONNX model to answer them)")
+        return None, None
+    if args.script is not None:
+        return load_script(args.script), None
+    if args.instruction is not None:
+        return single_instruction(args.instruction), None
+    return (single_instruction(DEFAULT_INSTRUCTION),
+            f"edge-run: no --instruction or --script given: driving {DEFAULT_INSTRUCTION!r} from t = 0")
+
+
+def _load_model(args: argparse.Namespace):
+    from .generator import (  # onnxruntime only when a model is used
+        ModelLoadError,
+        OnnxGenerator,
+    )
+    from .llm_worker import mpc_token_budget
+
+    try:
+        generator = OnnxGenerator(args.model, providers=args.provider, threads=args.threads)
+        budget = mpc_token_budget(generator.generation, str(args.model))
+    except (ModelLoadError, ValueError, TypeError) as exc:
+        raise _ModelError(exc) from None
+    return generator, budget
+
+
+class _ModelError(Exception):
+    pass
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
     try:
-        params = DEFAULT_PARAMS if args.params == "default" else MPCParams.from_json_file(args.params)
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:  # usage errors (one line, printed) and --help
+        return int(exc.code or 0)
+    try:
+        params = DEFAULT_PARAMS if args.params in (None, "default") else MPCParams.from_json_file(args.params)
         loop_config = LoopConfig(rate_hz=args.rate, duration=args.duration, realtime=not args.fast)
         mpc_config = MPCConfig(horizon=args.horizon, rate_hz=args.rate)
+        if args.threads is not None and args.threads < 1:
+            raise ValueError(f"--threads must be a positive integer, got {args.threads}")
+        scenario, note = _scenario(args)
         sim = make_simulator(args.sim, track=args.track)
-    except (ParameterError, TrackFormatError, SimulatorUnavailableError, ValueError) as exc:
-        print(f"edge-run: error: {exc}", file=sys.stderr)
-        return 2
+    except (ParameterError, TrackFormatError, SimulatorUnavailableError, ScriptError, ValueError) as exc:
+        return _fail(exc)
+    generator = worker = racing = None
+    if scenario is not None:
+        try:
+            generator, budget = _load_model(args)
+            from .llm_worker import LLMWorker
+
+            worker = LLMWorker(generator, max_new_tokens=budget)
+            warmup_s = worker.warm_up()
+        except _ModelError as exc:
+            sim.close()
+            return _fail(exc.args[0])
+        except KeyboardInterrupt:
+            sim.close()
+            print("edge-run: interrupted while loading the model; nothing was run", file=sys.stderr)
+            return 130
+        except Exception as exc:  # noqa: BLE001 -- a model that loads but cannot generate
+            sim.close()
+            return _fail(f"{args.model}: the model loads but its warm-up generation failed "
+                         f"({type(exc).__name__}: {exc}); re-export it with edge-export")
+        if any(e.instruction.category is Category.RACING_LINE for e in scenario.entries):
+            from ..sim.racing_line import compute_racing_line
+
+            try:
+                racing = compute_racing_line(sim.track)  # before the run: an OSQP solve
+            except RuntimeError as exc:
+                sim.close()
+                return _fail(f"the script has racing-line instructions but {exc}; use another track")
+        for entry in scenario.entries:
+            if entry.t >= args.duration:
+                print(f"edge-run: note: {entry.where}: t = {entry.t:g} s is not before --duration "
+                      f"{args.duration:g} s; this instruction is never issued", file=sys.stderr)
+        if note:
+            print(note)
+
     out = Path(args.out)
     stop = threading.Event()
 
@@ -69,17 +246,40 @@ def main(argv: list[str] | None = None) -> int:
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     started = time.time()
     log = JsonlWriter(out / "steps.jsonl")
+    loop = ControlLoop(sim, FrenetMPC(sim.track, params, mpc_config), loop_config, log)
+    worker_stopped = None
     try:
-        loop = ControlLoop(sim, FrenetMPC(sim.track, params, mpc_config), loop_config, log)
+        if worker is not None:
+            loop.attach_llm(worker, scenario, blocking=args.fast)  # binds the worker to the loop's inbox
+            worker.start()
         loop.run(stop)
     finally:
+        if worker is not None:
+            worker_stopped = worker.stop(WORKER_STOP_TIMEOUT)
+            loop.finish_llm()
         log.close()
         for s, handler in previous.items():
             signal.signal(s, handler)
-        sim.close()
     summary = loop.summary()
-    summary.update({"interrupted": stop.is_set(), "sim": args.sim, "track": args.track, "params": params.to_dict(),
+    summary.update({"interrupted": stop.is_set(), "sim": args.sim, "track": args.track,
                     "started": started, "log": str(out / "steps.jsonl"), "log_records": log.records})
+    if worker is None:
+        summary["params"] = params.to_dict()
+    else:
+        make_sim = (lambda: make_simulator(args.sim, track=sim.track)) if hasattr(sim, "restore") else None
+        windows = score_windows(loop.windows, make_sim, mpc_config, loop_config.period, racing)
+        for row in windows:
+            row["llm"] = loop.window_llm.get(row["window"], "pending")
+        adaptability = _model_adaptability(windows)
+        llm = worker.summary()
+        llm.update({"model": str(args.model), "providers": generator.providers, "threads": args.threads,
+                    "status": dict(sorted(loop.llm_status.items())), "warmup": {"generations": 1, "tokens": 2,
+                                                                                  "seconds": warmup_s},
+                    "worker_stopped": worker_stopped, "blocked_s": loop.llm_wait})
+        summary.update({"model": str(args.model), "llm": llm, "scenario": scenario.to_list(), "windows": windows,
+                        "adaptability": adaptability,
+                        "final_params": loop.mpc.params.to_dict()})
+    sim.close()
     write_json_atomic(out / "summary.json", summary)
     _print_summary(summary)
     print(f"telemetry: {out / 'steps.jsonl'} ({log.records} records), summary: {out / 'summary.json'}")

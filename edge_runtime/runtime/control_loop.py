@@ -1,8 +1,23 @@
 """Fixed-rate control loop: simulator and MPC step once per period on the control thread.
 
-The MPC's parameter set comes from outside the loop (today a fixed set; the LLM generator will
-post new sets from its own thread): ``set_params`` only swaps a reference, the change applies at
-the next control step, and the parameter age is recorded with every step.
+The MPC's parameter set comes from outside the loop: a fixed set, ``set_params`` from any thread,
+or an attached LLM worker (:meth:`ControlLoop.attach_llm`, see ``llm_worker``). A new set only
+swaps a reference; it applies at the next control step, and the parameter age (sim time since
+the set in use took effect) is recorded with every step.
+
+With an LLM attached, the loop follows an instruction script (``scenario``): at the first step
+whose sim time reaches an instruction's time it submits a request to the worker and opens a new
+instruction *window* (each step record carries its window index). The worker answers on its own
+thread and delivers outcomes to the loop's inbox (:meth:`ControlLoop.deliver`, thread-safe); at
+the start of each step the loop drains the inbox: a parsed set for the current window applies
+now (``param_age`` restarts), an answer for an older window is discarded as ``stale``, a failed
+parse keeps the last good set. Each outcome becomes one ``type: "llm"`` record in the log, with
+the sim time and step at which it applied.
+
+Real-time mode never waits for the LLM. ``llm_blocking`` mode (``--fast``: tests, CI) pauses the
+loop at each instruction until its outcome is delivered, so that the answer applies at the very
+step the instruction was issued and runs are deterministic; the pause is excluded from
+``exec_time`` and recorded as ``llm_wait`` (and ``llm_blocking: true`` in the summary).
 
 Timing honesty: ``exec_time`` is the wall time of the control step itself (MPC solve +
 simulator step). In real-time mode the loop sleeps to the next deadline; when a step ends past
@@ -18,6 +33,7 @@ import math
 import threading
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from ..control.mpc import FrenetMPC
 from ..control.params import MPCParams
@@ -25,6 +41,11 @@ from ..sim.protocol import Simulator, VehicleState
 from ..telemetry.memory import process_memory
 from ..telemetry.stats import latency_summary
 from ..telemetry.writer import JsonlWriter
+from .scenario import WindowTrace
+
+if TYPE_CHECKING:
+    from .llm_worker import LLMOutcome, LLMWorker
+    from .scenario import Scenario
 
 
 @dataclass(frozen=True)
@@ -61,11 +82,97 @@ class ControlLoop:
         self.steps = 0
         self.peak_rss = 0
         self.last_state: VehicleState = sim.state()
+        self.sim_time = self.last_state.t  # read by other threads (a float assignment is atomic)
+        # LLM (see attach_llm)
+        self.worker: LLMWorker | None = None
+        self.scenario: Scenario | None = None
+        self.llm_blocking = False
+        self._inbox: list[LLMOutcome] = []
+        self._inbox_cond = threading.Condition()
+        self._delivered: set[int] = set()
+        self._window = -1  # index of the current instruction window (-1: none yet)
+        self._params_call: int | None = None  # LLM call whose set is in use (None: initial set)
+        self.windows: list[WindowTrace] = []
+        self.llm_status: dict[str, int] = {}  # outcome status -> count
+        self.window_llm: dict[int, str] = {}  # window -> what its LLM call did (status or failure reason)
+        self.llm_wait = 0.0
 
     def set_params(self, params: MPCParams) -> None:
         """Thread-safe: the new set applies at the next control step."""
         with self._lock:
             self._pending = params
+
+    def attach_llm(self, worker: LLMWorker, scenario: Scenario, blocking: bool) -> None:
+        """Follow ``scenario`` with ``worker`` (bound here to this loop's inbox and sim clock; start
+        it afterwards); ``blocking``: wait for each instruction's answer."""
+        self.worker, self.scenario, self.llm_blocking = worker, scenario, bool(blocking)
+        worker.bind(self.deliver, lambda: self.sim_time)
+
+    def deliver(self, outcome: LLMOutcome) -> None:
+        """Thread-safe inbox of the worker's outcomes; acted on at the next control step."""
+        with self._inbox_cond:
+            self._inbox.append(outcome)
+            self._delivered.add(outcome.request.call)
+            self._inbox_cond.notify_all()
+
+    def _wait_for(self, call: int, stop: threading.Event | None) -> float:
+        """Blocking mode: wait until request ``call`` has an outcome (or stop / a dead worker)."""
+        t0 = time.perf_counter()
+        with self._inbox_cond:
+            while call not in self._delivered:
+                if (stop is not None and stop.is_set()) or self.worker is None or not self.worker.alive:
+                    break
+                self._inbox_cond.wait(0.05)
+        return time.perf_counter() - t0
+
+    def _issue_due(self, k: int, state: VehicleState, stop: threading.Event | None) -> float:
+        """Submit every script instruction whose time has come; returns the seconds waited."""
+        waited = 0.0
+        entries = self.scenario.entries
+        while self._window + 1 < len(entries) and entries[self._window + 1].t <= state.t + 1e-9:
+            self._window += 1
+            entry = entries[self._window]
+            snapshot = self.sim.snapshot() if hasattr(self.sim, "snapshot") else None
+            self.windows.append(WindowTrace.start(self._window, entry.instruction, entry.t, k, state, snapshot))
+            request = self.worker.submit(self._window, entry.instruction, state.t)
+            if self.llm_blocking:
+                waited += self._wait_for(request.call, stop)
+        return waited
+
+    def _act_on_outcomes(self, k: int, state: VehicleState) -> list[dict[str, Any]]:
+        """Drain the inbox: apply, discard or count each outcome; returns their log records."""
+        with self._inbox_cond:
+            outcomes, self._inbox = self._inbox, []
+        records = []
+        for o in outcomes:
+            applied_t = applied_step = None
+            if o.status == "answered":
+                if o.request.window == self._window:
+                    self.mpc.set_params(o.params)
+                    self._params_since = state.t
+                    self._params_call = o.request.call
+                    status, applied_t, applied_step = "applied", state.t, k
+                else:
+                    status = "stale"
+            else:
+                status = o.status
+            self._count(o, status)
+            records.append(o.record(status, applied_t, applied_step, self.mpc.params))
+        return records
+
+    def _count(self, outcome: LLMOutcome, status: str) -> None:
+        self.llm_status[status] = self.llm_status.get(status, 0) + 1
+        self.window_llm[outcome.request.window] = outcome.failure or status
+
+    def finish_llm(self) -> None:
+        """After the run (and after the worker stopped): log outcomes that arrived too late."""
+        with self._inbox_cond:
+            outcomes, self._inbox = self._inbox, []
+        for o in outcomes:
+            status = "unapplied" if o.status == "answered" else o.status
+            self._count(o, status)
+            if self.log is not None:
+                self.log.write(o.record(status, None, None, self.mpc.params))
 
     def run(self, stop: threading.Event | None = None) -> VehicleState:
         cfg = self.config
@@ -76,12 +183,22 @@ class ControlLoop:
         for k in range(n_steps):
             if stop is not None and stop.is_set():
                 break
+            llm_records: list[dict[str, Any]] = []
+            waited = 0.0
+            if self.worker is not None:
+                waited = self._issue_due(k, state, stop)
+                self.llm_wait += waited
+                if waited and cfg.realtime:  # not used by the CLI (blocking only in fast mode)
+                    next_deadline = time.perf_counter() + period
+            t0 = time.perf_counter()
             with self._lock:
                 pending, self._pending = self._pending, None
             if pending is not None:
                 self.mpc.set_params(pending)
                 self._params_since = state.t
-            t0 = time.perf_counter()
+                self._params_call = None
+            if self.worker is not None:
+                llm_records = self._act_on_outcomes(k, state)
             result = self.mpc.step(state)
             state = self.sim.step(result.command, period)
             exec_time = time.perf_counter() - t0
@@ -100,18 +217,27 @@ class ControlLoop:
             self.dropped += dropped_now
             self.exec_times.append(exec_time)
             self.solve_times.append(result.solve_time)
+            self.sim_time = state.t
+            if self.windows:
+                self.windows[-1].add(state)
             record = {
                 "type": "control", "step": k, "sim_time": state.t, "wall_time": time.time(),
                 "exec_time": exec_time, "overrun": overrun, "dropped": dropped_now,
-                "param_age": state.t - self._params_since, "mpc_ok": result.ok, "mpc_status": result.status,
+                "param_age": state.t - self._params_since, "param_call": self._params_call,
+                "window": self._window if self._window >= 0 else None,
+                "mpc_ok": result.ok, "mpc_status": result.status,
                 "mpc_solve_time": result.solve_time, "steer": result.command.steer, "accel": result.command.accel,
-                "s": state.s, "d": state.d, "v": state.v, "crashed": state.crashed,
+                "s": state.s, "d": state.d, "v": state.v, "ax": state.ax, "ay": state.ay, "crashed": state.crashed,
             }
+            if self.worker is not None:
+                record["llm_wait"] = waited
             if k % cfg.memory_every == 0:
                 rss, peak = process_memory()
                 self.peak_rss = max(self.peak_rss, peak)
                 record.update(rss=rss, peak_rss=peak)
             if self.log is not None:
+                for llm_record in llm_records:
+                    self.log.write(llm_record)
                 self.log.write(record)
             self.last_state = state
             if state.crashed:
@@ -128,4 +254,5 @@ class ControlLoop:
             "overruns": self.overruns, "dropped_steps": self.dropped, "mpc_failures": self.mpc.failures,
             "crashed": state.crashed, "laps": state.progress / self.sim.track.length,
             "rss": rss, "peak_rss": max(peak, self.peak_rss),
+            "llm_blocking": self.llm_blocking if self.worker is not None else None,
         }

@@ -43,6 +43,22 @@ class TrackSimConfig:
             raise ValueError("TrackSimConfig: start pose must be finite")
 
 
+@dataclass(frozen=True)
+class TrackSimSnapshot:
+    """What :meth:`TrackSimulator.snapshot` captures (treat as opaque)."""
+
+    x: tuple[float, ...]  # vehicle model state (x, y, steer, v, yaw, yaw_rate, slip)
+    s: float
+    d: float
+    hint: int  # track segment of s
+    seg_t: float  # position inside that segment
+    ticks: int  # physics steps since reset
+    progress: float
+    crashed: bool
+    state: VehicleState
+    track_length: float
+
+
 class TrackSimulator:
     """Implements :class:`edge_runtime.sim.protocol.Simulator`."""
 
@@ -158,6 +174,29 @@ class TrackSimulator:
         return self._state
 
     def state(self) -> VehicleState:
+        return self._state
+
+    def snapshot(self) -> TrackSimSnapshot:
+        """The complete dynamic state of the car (pose, speeds, steering, Frenet position, time,
+        progress, crash flag): cheap (a tuple of floats), immutable. :meth:`restore` on this or
+        another simulator of the same track and configuration continues exactly from here."""
+        return TrackSimSnapshot(x=self._x, s=self._s, d=self._d, hint=self._hint, seg_t=self._seg_t,
+                                ticks=self._ticks, progress=self._progress, crashed=self._crashed,
+                                state=self._state, track_length=self._track.length)
+
+    def restore(self, snapshot: TrackSimSnapshot) -> VehicleState:
+        """Put the car back into the state of ``snapshot`` (taken on this track); returns that state."""
+        if not isinstance(snapshot, TrackSimSnapshot):
+            raise TypeError(f"restore() needs a TrackSimSnapshot, got {type(snapshot).__name__}")
+        if abs(snapshot.track_length - self._track.length) > 1e-9:
+            raise ValueError(f"snapshot was taken on a track of length {snapshot.track_length:.3f} m, "
+                             f"this simulator's track is {self._track.length:.3f} m long")
+        self._x, self._s, self._d = snapshot.x, snapshot.s, snapshot.d
+        self._hint, self._seg_t = snapshot.hint, snapshot.seg_t
+        self._ticks = snapshot.ticks
+        self._t = self._ticks * self._dt
+        self._progress, self._crashed = snapshot.progress, snapshot.crashed
+        self._state = snapshot.state
         return self._state
 
     def close(self) -> None:

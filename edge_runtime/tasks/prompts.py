@@ -183,23 +183,34 @@ def history_text(history: StateHistory, step_s: float = HISTORY_STEP_S) -> str:
 SIGN_CHANGE_BAND = 0.1  # m: swings of d inside this band around its mean are not counted
 
 
+def history_stats(history: StateHistory) -> dict[str, float]:
+    """Window statistics over every recorded sample, in cm and cm/s (rounded like the text)."""
+    v, d, wl = history.arr("v"), history.arr("d"), history.arr("wall_left")
+    swing = d - d.mean()
+    signs = np.sign(swing[np.abs(swing) > SIGN_CHANGE_BAND])
+    stats = {"v_mean": v.mean(), "v_min": v.min(), "v_max": v.max(), "v_absmax": np.abs(v).max(),
+             "d_mean": d.mean(), "d_rms": np.sqrt(np.mean(d ** 2)), "d_range": d.max() - d.min(),
+             "wl_mean": wl.mean()}
+    out = {k: float(int(round(x * 100.0))) for k, x in stats.items()}
+    out["sign_changes"] = float(np.count_nonzero(signs[1:] != signs[:-1])) if len(signs) > 1 else 0.0
+    if history.race_d is not None:
+        dr = d - np.asarray(history.race_d, dtype=float)
+        out["dr_rms"] = float(int(round(np.sqrt(np.mean(dr ** 2)) * 100.0)))
+    return out
+
+
 def history_summary(history: StateHistory) -> str:
     """One line of window statistics over every recorded sample (not only the rows shown).
 
     Why: a small model cannot be expected to average ten multi-digit numbers digit by digit; the
     vehicle computes these few statistics for free, and the model's job is to know which one an
     instruction is about and where the line lies. Same units as the rows (cm, cm/s)."""
-    v, d, wl = history.arr("v"), history.arr("d"), history.arr("wall_left")
-    swing = d - d.mean()
-    signs = np.sign(swing[np.abs(swing) > SIGN_CHANGE_BAND])
-    changes = int(np.count_nonzero(signs[1:] != signs[:-1])) if len(signs) > 1 else 0
-    parts = [f"v mean {_cm(v.mean())} min {_cm(v.min())} max {_cm(v.max())}",
-             f"d mean {_cm(d.mean())} rms {_cm(np.sqrt(np.mean(d ** 2)))} range {_cm(d.max() - d.min())} "
-             f"sign changes {changes}",
-             f"wl mean {_cm(wl.mean())}"]
-    if history.race_d is not None:
-        dr = d - np.asarray(history.race_d, dtype=float)
-        parts.append(f"dr rms {_cm(np.sqrt(np.mean(dr ** 2)))}")
+    st = {k: int(v) for k, v in history_stats(history).items()}
+    parts = [f"v mean {st['v_mean']} min {st['v_min']} max {st['v_max']}",
+             f"d mean {st['d_mean']} rms {st['d_rms']} range {st['d_range']} sign changes {st['sign_changes']}",
+             f"wl mean {st['wl_mean']}"]
+    if "dr_rms" in st:
+        parts.append(f"dr rms {st['dr_rms']}")
     return "Summary: " + ", ".join(parts) + "."
 
 

@@ -2,7 +2,8 @@
 
 JSON lines are written one complete line at a time and flushed, so a killed process leaves a
 log whose every line parses; summaries are written to a temporary file and renamed into place,
-so a reader never sees half a summary.
+so a reader never sees half a summary. A :class:`JsonlWriter` may be shared by threads (the
+control loop and the LLM worker): each line is written under a lock, so lines never interleave.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -32,24 +34,33 @@ class JsonlWriter:
         self._f = open(self.path, "w", encoding="utf-8")
         self._flush_every = max(1, flush_every)
         self._pending = 0
+        self._lock = threading.Lock()
         self.records = 0
 
     def write(self, record: dict[str, Any]) -> None:
-        self._f.write(json.dumps(_clean(record), separators=(",", ":")) + "\n")
-        self.records += 1
-        self._pending += 1
-        if self._pending >= self._flush_every:
-            self.flush()
+        line = json.dumps(_clean(record), separators=(",", ":")) + "\n"  # serialise outside the lock
+        with self._lock:
+            if self._f.closed:
+                raise ValueError(f"{self.path}: write to a closed telemetry log")
+            self._f.write(line)
+            self.records += 1
+            self._pending += 1
+            if self._pending >= self._flush_every:
+                self._f.flush()
+                self._pending = 0
 
     def flush(self) -> None:
-        self._f.flush()
-        self._pending = 0
+        with self._lock:
+            if not self._f.closed:
+                self._f.flush()
+            self._pending = 0
 
     def close(self) -> None:
-        if not self._f.closed:
-            self._f.flush()
-            os.fsync(self._f.fileno())
-            self._f.close()
+        with self._lock:
+            if not self._f.closed:
+                self._f.flush()
+                os.fsync(self._f.fileno())
+                self._f.close()
 
     def __enter__(self) -> "JsonlWriter":
         return self

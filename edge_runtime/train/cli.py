@@ -17,6 +17,7 @@ import json
 import os
 import platform
 import shlex
+import shutil
 import sys
 import time
 from dataclasses import asdict
@@ -52,6 +53,9 @@ def cmd_sft(args: argparse.Namespace) -> int:
     if args.init_from:
         model, spec = load_pretrained_dir(args.init_from)
         tokenizer = load_tokenizer(Path(args.init_from) / "tokenizer.json")
+        previous = Path(args.init_from) / "metrics.jsonl"
+        if previous.exists():  # one log for all stages; the step counter restarts at each stage
+            shutil.copyfile(previous, work / "metrics.jsonl")
     else:
         print(f"training the tokenizer (vocab {args.vocab_size})...")
         tokenizer = train_tokenizer(task_corpus(seed=args.seed), vocab_size=args.vocab_size)
@@ -76,6 +80,9 @@ def cmd_sft(args: argparse.Namespace) -> int:
         "threads": torch.get_num_threads(), "machine": platform.processor() or platform.machine(),
         "device": str(trainer.device),
     }
+    if args.init_from and (Path(args.init_from) / "train_summary.json").exists():
+        # a continued run keeps the history of the run it started from (the model card lists both)
+        summary["init_summary"] = json.loads((Path(args.init_from) / "train_summary.json").read_text())
     save_model(trainer.model, out, spec_from_model(trainer.model), tokenizer_json=work / "tokenizer.json",
                metadata={"training": summary})
     (out / "train_summary.json").write_text(json.dumps(summary, indent=1) + "\n")

@@ -22,7 +22,11 @@ def _table(adapt: dict, oracle: dict | None) -> list[str]:
 def write_model_card(model_dir: Path, eval_report: Path | None) -> Path:
     summary = json.loads((model_dir / "train_summary.json").read_text())
     size = (model_dir / "model.safetensors").stat().st_size
-    hist = summary["history"]
+    stages = []
+    stage = summary
+    while stage is not None:  # earliest stage first
+        stages.insert(0, stage)
+        stage = stage.get("init_summary")
     lines = [
         f"# {model_dir.name}",
         "",
@@ -33,22 +37,29 @@ def write_model_card(model_dir: Path, eval_report: Path | None) -> Path:
         "",
         "## Training",
         "",
-        f"- command: `{summary['command']}`",
-        f"- seed {summary['seed']}; preset `{summary['preset']}`" + (f"; initialised from `{summary['init_from']}`"
-                                                                     if summary.get("init_from") else ""),
         f"- parameters: {summary['parameters']:,}; weights: {size / 2**20:.2f} MiB (safetensors, fp32)",
-        f"- data: {summary['data']['mpc_examples']} MPC examples (training phrasings, oracle answers from "
-        f"`{Path(summary['oracle_table']).name}` on the training track, jitter {summary['data']['jitter']}), "
-        f"{8 * summary['data']['decision_per_instruction']} decision examples (balanced, training phrasings, "
-        "training track)",
-        f"- optimisation: {hist['optim']['steps']} steps, batch {hist['optim']['batch_size']}, AdamW lr "
-        f"{hist['optim']['lr']} (warm-up {hist['optim']['warmup_steps']}, cosine), grad clip "
-        f"{hist['optim']['grad_clip']}; loss on answer tokens only",
-        f"- loss {hist['first_loss']:.3f} -> {hist['last_loss']:.3f}; held-out-seed eval loss {hist['eval_loss']:.3f}",
-        f"- wall time {summary['wall_time_s'] / 60:.1f} min on {summary['device']} ({summary['threads']} threads, "
-        f"torch {summary['torch']})",
+        f"- total wall time {sum(st['wall_time_s'] for st in stages) / 60:.1f} min on {summary['device']} "
+        f"({summary['threads']} threads, torch {summary['torch']})",
         "",
     ]
+    for i, st in enumerate(stages, start=1):
+        hist = st["history"]
+        lines += [
+            f"Stage {i}: `{st['command']}`",
+            "",
+            f"- seed {st['seed']}; " + (f"initialised from `{st['init_from']}` (the previous stage)"
+                                        if st.get("init_from") else f"preset `{st['preset']}`, built from scratch"),
+            f"- data: {st['data']['mpc_examples']} MPC examples (training phrasings, oracle answers from "
+            f"`{Path(st['oracle_table']).name}` on the training track, jitter {st['data']['jitter']}), "
+            f"{8 * st['data']['decision_per_instruction']} decision examples (balanced, training phrasings, "
+            "training track)",
+            f"- optimisation: {hist['optim']['steps']} steps, batch {hist['optim']['batch_size']}, AdamW lr "
+            f"{hist['optim']['lr']} (warm-up {hist['optim']['warmup_steps']}, cosine), grad clip "
+            f"{hist['optim']['grad_clip']}; loss on answer tokens only, averaged per example",
+            f"- loss {hist['first_loss']:.3f} -> {hist['last_loss']:.3f}; eval loss (other seed) {hist['eval_loss']:.3f}; "
+            f"wall time {st['wall_time_s'] / 60:.1f} min",
+            "",
+        ]
     if eval_report is not None:
         rep = json.loads(eval_report.read_text())
         lines += ["## Held-out scores", ""]

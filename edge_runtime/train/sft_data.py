@@ -17,10 +17,11 @@ import numpy as np
 
 from ..control.params import PARAM_SPECS, MPCParams
 from ..tasks.answers import format_decision_answer, format_mpc_answer
-from ..tasks.decision import generate_decision_dataset
+from ..tasks.behaviours import StateHistory
+from ..tasks.decision import DEFAULT_THRESHOLDS, DecisionInstruction, LabelThresholds, generate_decision_dataset
 from ..tasks.instructions import SPEED_RANGE, Category, Instruction, make_instruction, training_phrasings
 from ..tasks.oracle_table import OracleTable
-from ..tasks.prompts import build_decision_prompt, build_mpc_prompt
+from ..tasks.prompts import build_decision_prompt, build_mpc_prompt, history_stats
 
 
 @dataclass(frozen=True)
@@ -82,6 +83,23 @@ def reasoning_for(instruction: Instruction) -> str:
     }[instruction.category]
 
 
+_WRAPPERS = ("Please {lc}.", "{uc}, please.", "Could you {lc}?", "Can you {lc}?", "I want you to {lc}.",
+             "I'd like you to {lc}.", "Now {lc}.", "OK, {lc}.", "Next: {uc}.", "Let's {lc}.", "From now on, {lc}.",
+             "Hey, {lc}.")
+
+
+def wrap_phrasing(phrase: str, rng: np.random.Generator, probability: float = 0.5) -> str:
+    """Put a training phrasing inside a common request form half of the time ("Could you ...?").
+
+    A model trained from scratch otherwise learns whole sentences; with the same instruction in
+    many request forms it has to key on the words that carry the meaning."""
+    if rng.random() >= probability:
+        return phrase
+    core = phrase.rstrip(".!?")
+    lc = core[0].lower() + core[1:] if core[:2] != core[:2].upper() else core
+    return _WRAPPERS[int(rng.integers(len(_WRAPPERS)))].format(lc=lc, uc=core)
+
+
 def mpc_examples(table: OracleTable, n: int, jitter: float, rng: np.random.Generator) -> list[SFTExample]:
     categories = list(Category)
     out = []
@@ -90,18 +108,47 @@ def mpc_examples(table: OracleTable, n: int, jitter: float, rng: np.random.Gener
         options = training_phrasings(category)
         phrase = options[int(rng.integers(len(options)))]
         speed = round(float(rng.uniform(*SPEED_RANGE)), 1) if category is Category.REFERENCE_VELOCITY else None
-        ins = make_instruction(category, phrase, speed)
+        ins = make_instruction(category, wrap_phrasing(phrase, rng), speed)
         params = jitter_params(table.params_for(ins), category, rng, jitter)
         out.append(SFTExample("mpc", build_mpc_prompt(ins.text), format_mpc_answer(params, reasoning_for(ins), only_changed=True),
                               category.value))
     return out
 
 
+def decision_reasoning(history: StateHistory, instruction: DecisionInstruction,
+                       thresholds: LabelThresholds = DEFAULT_THRESHOLDS) -> str:
+    """The reason line before a decision answer: the statistic the instruction is about, copied
+    from the prompt's summary line, next to the rule's limit (both in cm, cm/s).
+
+    Why: a from-scratch model given only the label never learns which number to look at (it
+    settles on the majority answer); naming the number first splits the decision into a lookup
+    and a comparison, each of which a small transformer learns."""
+    st = {k: int(v) for k, v in history_stats(history).items()}
+    cm = lambda x: int(round(100 * x))  # noqa: E731 - a unit conversion
+    moving = f"mean v {st['v_mean']}, needs > {cm(thresholds.forward_speed)}"
+    if any(history.crashed):
+        return "Crashed: yes, so no."
+    return {
+        DecisionInstruction.DONT_MOVE: f"max |v| {st['v_absmax']}, needs < {cm(thresholds.still_speed)}.",
+        DecisionInstruction.REVERSE: f"mean v {st['v_mean']}, needs < {cm(thresholds.reverse_speed)}.",
+        DecisionInstruction.DRIVE_FORWARD: f"{moving}.",
+        DecisionInstruction.FASTER_THAN_3: f"mean v {st['v_mean']}, needs > {cm(thresholds.fast_speed)}.",
+        DecisionInstruction.OSCILLATE: (f"sign changes {st['sign_changes']}, needs >= {thresholds.oscillation_crossings}; "
+                                        f"d range {st['d_range']}, needs > {cm(thresholds.oscillation_p2p)}."),
+        DecisionInstruction.LEFT_WALL: f"wl mean {st['wl_mean']}, needs < {cm(thresholds.left_wall_distance)}; {moving}.",
+        DecisionInstruction.CENTRELINE: f"d rms {st['d_rms']}, needs < {cm(thresholds.centreline_rms)}; {moving}.",
+        DecisionInstruction.RACING_LINE: (f"dr rms {st.get('dr_rms', 0)}, needs < {cm(thresholds.racing_line_rms)}; "
+                                          f"{moving}."),
+    }[instruction]
+
+
 def decision_examples(n_per_instruction: int, seed: int) -> list[SFTExample]:
     if n_per_instruction == 0:
         return []
     data = generate_decision_dataset(n_per_instruction=n_per_instruction, split="train", seed=seed)
-    return [SFTExample("decision", build_decision_prompt(ex.history, ex.phrasing), format_decision_answer(ex.label),
+    rng = np.random.default_rng(seed + 7)
+    return [SFTExample("decision", build_decision_prompt(ex.history, wrap_phrasing(ex.phrasing, rng)),
+                       decision_reasoning(ex.history, ex.instruction) + "\n" + format_decision_answer(ex.label),
                        ex.instruction.value) for ex in data]
 
 

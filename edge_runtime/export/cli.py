@@ -1,0 +1,154 @@
+"""``edge-export``: export a model directory to one ONNX decoder file and check parity.
+
+    edge-export models/pruned -o models/pruned.onnx [--dtype fp16] [--parity-prompts 8]
+
+The graph is written to a temp file next to OUT, parity is checked on held-out MPC prompts (the
+held-out instruction phrasings) plus a few held-out decision prompts, and only then is the file
+moved to OUT. Exit codes: 0 exported and parity holds; 1 parity failed (OUT is not written or
+replaced; with ``--keep-failed`` the graph is kept as ``OUT.parity-failed.onnx`` for
+inspection); 2 bad input (one line on stderr: missing directory, bad dtype, ...).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+
+DTYPE_CHOICES = ("fp32", "fp16")
+
+
+class _UsageError(Exception):
+    pass
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, exit 2 (argparse prints usage + message)
+        raise _UsageError(message)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="edge-export", description=__doc__.split("\n")[0])
+    p.add_argument("model_dir", help="model directory written by save_model (with tokenizer.json)")
+    p.add_argument("-o", "--out", required=True, help="output .onnx file")
+    p.add_argument("--dtype", default="fp32", help="graph dtype: fp32 (default) or fp16")
+    p.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
+    p.add_argument("--parity-prompts", type=int, default=8, help="held-out MPC prompts for the parity check (default 8)")
+    p.add_argument("--decision-prompts", type=int, default=2, help="held-out decision prompts for the parity check (default 2)")
+    p.add_argument("--max-new-tokens", type=int, default=None,
+                   help="greedy budget per parity prompt (default: the file's settings, MPC 200 / decision 48)")
+    p.add_argument("--threads", type=int, default=1, help="CPU threads for the parity check (default 1)")
+    p.add_argument("--keep-failed", action="store_true", help="keep the graph as OUT.parity-failed.onnx when parity fails")
+    return p
+
+
+def parity_prompts(n_mpc: int, n_decision: int) -> tuple[list[str], list[str]]:
+    """``n_mpc`` held-out MPC prompts (spread over the categories) and ``n_decision`` held-out
+    decision prompts (held-out track and phrasings)."""
+    from ..tasks.instructions import instruction_set
+    from ..tasks.prompts import build_mpc_prompt
+
+    mpc: list[str] = []
+    if n_mpc > 0:
+        instructions = instruction_set("heldout")
+        step = max(1, len(instructions) // n_mpc)
+        picked = instructions[::step][:n_mpc]
+        picked += [i for i in instructions if i not in picked][: n_mpc - len(picked)]
+        mpc = [build_mpc_prompt(i.text) for i in picked]
+    decision: list[str] = []
+    if n_decision > 0:
+        from ..tasks.decision import generate_decision_dataset
+        from ..tasks.prompts import build_decision_prompt
+
+        per = max(2, 2 * ((n_decision + 15) // 16))  # 8 instructions x per examples >= n_decision
+        examples = generate_decision_dataset(per, split="heldout", seed=0)[:n_decision]
+        decision = [build_decision_prompt(e.history, e.phrasing) for e in examples]
+    return mpc, decision
+
+
+def _fail(message: str) -> int:
+    print(f"edge-export: error: {' '.join(str(message).split())}", file=sys.stderr)
+    return 2
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except _UsageError as exc:
+        return _fail(exc)
+    except SystemExit as exc:  # --help
+        return int(exc.code or 0)
+    model_dir, out = Path(args.model_dir), Path(args.out)
+    if args.dtype not in DTYPE_CHOICES:
+        return _fail(f"--dtype must be one of {', '.join(DTYPE_CHOICES)}, got {args.dtype!r}")
+    if not model_dir.is_dir():
+        return _fail(f"model directory {model_dir} does not exist")
+    if out.suffix != ".onnx":
+        return _fail(f"output {out} must end in .onnx")
+    if out.is_dir():
+        return _fail(f"output {out} is a directory")
+    for name in ("parity_prompts", "decision_prompts"):
+        if getattr(args, name) < 0:
+            return _fail(f"--{name.replace('_', '-')} must be >= 0")
+    if args.parity_prompts + args.decision_prompts < 1:
+        return _fail("parity needs at least one prompt (--parity-prompts / --decision-prompts)")
+    if args.max_new_tokens is not None and args.max_new_tokens < 1:
+        return _fail("--max-new-tokens must be >= 1")
+    if args.threads < 1:
+        return _fail("--threads must be >= 1")
+
+    import torch
+
+    from ..model.io import ModelFormatError
+    from ..model.spec import ArchSpecError
+    from .onnx_export import GENERATION_DEFAULTS, ExportError, export_onnx
+    from .parity import check_parity
+
+    torch.set_num_threads(args.threads)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.stem}.export-{uuid.uuid4().hex[:8]}.onnx")
+    try:
+        t0 = time.perf_counter()
+        try:
+            export_onnx(model_dir, tmp, dtype=args.dtype, opset=args.opset)
+        except (ExportError, ModelFormatError, ArchSpecError, FileNotFoundError) as exc:
+            return _fail(exc)
+        t_export = time.perf_counter() - t0
+        mpc, decision = parity_prompts(args.parity_prompts, args.decision_prompts)
+        budgets = GENERATION_DEFAULTS["max_new_tokens"]
+        tokens = ([args.max_new_tokens or budgets["mpc"]] * len(mpc)
+                  + [args.max_new_tokens or budgets["decision"]] * len(decision))
+        t1 = time.perf_counter()
+        report = check_parity(model_dir, tmp, mpc + decision, tokens, threads=args.threads)
+        t_parity = time.perf_counter() - t1
+        size = tmp.stat().st_size
+        print(f"edge-export {model_dir} -> {out} ({args.dtype}, opset {args.opset})")
+        print(f"  size               {size / 2**20:.2f} MiB ({size:,} bytes)")
+        print(f"  export             {t_export:.1f} s")
+        print(f"  parity prompts     {len(mpc)} MPC + {len(decision)} decision (held out), {t_parity:.1f} s")
+        print(f"  max |logit diff|   {report.max_abs_logit_diff:.3g} (tolerance {report.logit_tolerance:.3g})")
+        print(f"  identical answers  {report.identical_answers}/{report.n_prompts}"
+              + (f" (near ties {report.near_ties})" if report.near_ties else ""))
+        if not report.ok:
+            kept = ""
+            if args.keep_failed:
+                failed = out.with_name(out.stem + ".parity-failed.onnx")
+                os.replace(tmp, failed)
+                kept = f"; graph kept as {failed}"
+            print(f"edge-export: parity FAILED: {report.message}; {out} was not written{kept}", file=sys.stderr)
+            return 1
+        os.replace(tmp, out)
+        print(f"  parity             OK -> {out}")
+        return 0
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

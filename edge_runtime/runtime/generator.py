@@ -1,0 +1,328 @@
+"""Greedy text generation from an exported ONNX decoder (vehicle side: numpy, onnxruntime, tokenizers).
+
+The ONNX file is self-describing (see ``edge_runtime.export.onnx_export``): its metadata holds the
+architecture spec (per-layer KV cache shapes), the tokenizer, the prompt version, the answer
+schema and the generation settings, so ``OnnxGenerator("model.onnx")`` needs nothing else.
+
+Decoding, one prompt at a time (batch 1, the on-vehicle case):
+
+1. tokenize the prompt (no BOS/EOS is added, as in training);
+2. prefill: the whole prompt through the graph with empty ``[1, kv_heads_i, 0, head_dim]`` pasts;
+3. greedy loop: argmax of the last logits, then one token through the graph with the previous
+   ``present.*`` outputs fed back as ``past_key_values.*``; stop at EOS or ``max_new_tokens``.
+
+KV cache handling: the pasts are bound through ONNX Runtime's IOBinding as the OrtValues the
+previous step returned, on the device the provider runs on (no host round trip on CUDA, no copy
+on CPU). The graph's Concat makes each present one token longer than its past, so every step
+allocates the new cache tensors once -- nothing else is copied or reallocated per token. Only
+the logits come back to host memory.
+
+Timing (``GenerationResult``): ``time_to_first_token_s`` runs from the call to the first token
+being known (tokenization + prefill + argmax); ``decode_times_s`` holds one entry per further
+token (the graph run + argmax for that token), so ``len(decode_times_s) == emitted_tokens - 1``;
+``total_s`` covers the whole call including decoding the text.
+
+Text: generated ids without EOS/pad, decoded with special tokens kept (the answer tags are
+ordinary added tokens), exactly like ``edge_runtime.evaluation.torch_policy.TorchPolicy``.
+``emitted_tokens`` counts what the model really produced, the EOS included when it stopped on it.
+
+This module must not import torch or transformers (tested).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+from tokenizers import Tokenizer
+
+from ..evaluation.policy import Generation
+from ..model.spec import ArchSpec, ArchSpecError
+
+__all__ = [
+    "PROVIDER_ALIASES",
+    "REQUIRED_METADATA",
+    "SUPPORTED_FORMAT_VERSIONS",
+    "GenerationResult",
+    "ModelLoadError",
+    "OnnxGenerator",
+    "OnnxPolicy",
+    "read_metadata",
+    "resolve_providers",
+]
+
+META = "edge_runtime."
+#: Metadata keys an exported file must carry (written by edge_runtime.export.onnx_export).
+REQUIRED_METADATA = tuple(META + k for k in ("format_version", "arch_spec", "tokenizer", "prompt_version",
+                                             "answer_schema", "generation", "source_sha256", "dtype"))
+SUPPORTED_FORMAT_VERSIONS = ("1",)
+#: Short provider names accepted by ``providers=`` (full ONNX Runtime names work too).
+PROVIDER_ALIASES = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider",
+                    "tensorrt": "TensorrtExecutionProvider", "trt": "TensorrtExecutionProvider"}
+_AUTO_ORDER = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
+_GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
+_NP_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
+
+
+class ModelLoadError(RuntimeError):
+    """An ONNX model file cannot be used: missing, corrupt, truncated, or without the metadata
+    the runtime needs. The message is one line naming the file (and the field, if any)."""
+
+
+@dataclass(frozen=True)
+class GenerationResult:
+    text: str                        # generated text, EOS/pad removed
+    token_ids: tuple[int, ...]       # generated ids, the EOS included when generation stopped on it
+    prompt_tokens: int
+    emitted_tokens: int              # == len(token_ids)
+    time_to_first_token_s: float     # tokenize + prefill + first argmax
+    decode_times_s: tuple[float, ...] = field(repr=False)  # one per token after the first
+    total_s: float = 0.0
+    stopped_at_eos: bool = False
+
+
+def _one_line(text: object, limit: int = 240) -> str:
+    s = " ".join(str(text).split())
+    return s if len(s) <= limit else s[: limit - 3] + "..."
+
+
+def resolve_providers(providers: str | Sequence[str] | None) -> tuple[list[str], list[str]]:
+    """-> (providers to use, notes on requested providers that are unavailable).
+
+    ``None`` or ``"cpu"``: CPU only. ``"auto"``: TensorRT > CUDA > CPU, whichever are available.
+    Otherwise a name or list of names (aliases ``cpu``, ``cuda``, ``tensorrt``/``trt`` or full
+    ONNX Runtime provider names); unavailable ones are dropped and reported, CPU is always the
+    last fallback."""
+    available = ort.get_available_providers()
+    if providers is None:
+        return ["CPUExecutionProvider"], []
+    if isinstance(providers, str):
+        if providers.lower() == "auto":
+            return [p for p in _AUTO_ORDER if p in available] or ["CPUExecutionProvider"], []
+        providers = [providers]
+    chosen, notes = [], []
+    for name in providers:
+        full = PROVIDER_ALIASES.get(str(name).lower(), str(name))
+        if full in available:
+            if full not in chosen:
+                chosen.append(full)
+        else:
+            notes.append(f"{full} unavailable (onnxruntime {ort.__version__} offers: {', '.join(available)})")
+    if "CPUExecutionProvider" not in chosen:
+        chosen.append("CPUExecutionProvider")
+    return chosen, notes
+
+
+def _session(path: Path, providers: list[str], threads: int | None) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    if threads is not None:
+        if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+            raise ValueError(f"threads must be a positive integer or None, got {threads!r}")
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    try:
+        return ort.InferenceSession(str(path), options, providers=providers)
+    except Exception as exc:  # noqa: BLE001 -- ORT raises its own exception types for protobuf / graph errors
+        raise ModelLoadError(f"{path}: not a readable ONNX model (corrupt or truncated file?): "
+                             f"{_one_line(exc, 160)}") from None
+
+
+def read_metadata(path: str | Path, session: ort.InferenceSession | None = None) -> dict[str, str]:
+    """The edge_runtime metadata of an exported file; ModelLoadError when a required key is missing."""
+    path = Path(path)
+    if session is None:
+        if not path.is_file():
+            raise ModelLoadError(f"{path}: ONNX model file not found")
+        session = _session(path, ["CPUExecutionProvider"], 1)
+    meta = dict(session.get_modelmeta().custom_metadata_map)
+    for key in REQUIRED_METADATA:
+        if key not in meta:
+            raise ModelLoadError(f"{path}: metadata field '{key}' is missing; re-export the model with "
+                                 f"edge-export")
+    version = meta[META + "format_version"]
+    if version not in SUPPORTED_FORMAT_VERSIONS:
+        raise ModelLoadError(f"{path}: metadata field '{META}format_version' is {version!r}; this runtime reads "
+                             f"{', '.join(SUPPORTED_FORMAT_VERSIONS)} (upgrade edge_runtime or re-export)")
+    return meta
+
+
+def _json_field(path: Path, meta: dict[str, str], key: str) -> Any:
+    try:
+        return json.loads(meta[META + key])
+    except json.JSONDecodeError as exc:
+        raise ModelLoadError(f"{path}: metadata field '{META}{key}' is not valid JSON ({_one_line(exc, 120)})") from None
+
+
+class OnnxGenerator:
+    """Greedy generator over one exported decoder file (see the module docstring).
+
+    ``providers``: None (CPU), "auto", or names -- see :func:`resolve_providers`; requested but
+    unavailable providers are listed in ``unavailable_providers`` (and warned about), not fatal.
+    ``threads``: ONNX Runtime intra-op threads (None: ONNX Runtime's default).
+    """
+
+    def __init__(self, onnx_path: str | Path, providers: str | Sequence[str] | None = None,
+                 threads: int | None = None) -> None:
+        path = Path(onnx_path)
+        self.path = path
+        if not path.is_file():
+            raise ModelLoadError(f"{path}: ONNX model file not found")
+        wanted, self.unavailable_providers = resolve_providers(providers)
+        for note in self.unavailable_providers:
+            warnings.warn(f"{path.name}: {note}; using {', '.join(wanted)}", RuntimeWarning, stacklevel=2)
+        self.session = _session(path, wanted, threads)
+        self.providers: list[str] = self.session.get_providers()
+        self.metadata = meta = read_metadata(path, self.session)
+        try:
+            self.spec = ArchSpec.from_dict(_json_field(path, meta, "arch_spec"))
+        except ArchSpecError as exc:
+            raise ModelLoadError(f"{path}: metadata field '{META}arch_spec' is invalid: {_one_line(exc, 160)}") from None
+        try:
+            self.tokenizer = Tokenizer.from_str(meta[META + "tokenizer"])
+        except Exception as exc:  # noqa: BLE001 -- tokenizers raises plain Exception subclasses
+            raise ModelLoadError(f"{path}: metadata field '{META}tokenizer' is not a tokenizers JSON "
+                                 f"({_one_line(exc, 120)})") from None
+        self.generation: dict[str, Any] = _json_field(path, meta, "generation")
+        self.answer_schema: dict[str, Any] = _json_field(path, meta, "answer_schema")
+        self.prompt_version: str = meta[META + "prompt_version"]
+        self.source_sha256: str = meta[META + "source_sha256"]
+        self.dtype: str = meta[META + "dtype"]
+        for key in ("eos_id", "max_new_tokens"):
+            if key not in self.generation:
+                raise ModelLoadError(f"{path}: metadata field '{META}generation' lacks '{key}'")
+        self.eos_id = int(self.generation["eos_id"])
+        pad = self.generation.get("pad_id")
+        self.pad_id = int(pad) if pad is not None else None
+        self._check_graph()
+        gpu = next((p for p in self.providers if p in _GPU_PROVIDERS), None)
+        self._device = "cuda" if gpu else "cpu"
+
+    # ------------------------------------------------------------------ graph
+    def _check_graph(self) -> None:
+        inputs = {i.name: i for i in self.session.get_inputs()}
+        outputs = {o.name for o in self.session.get_outputs()}
+        expected_in = ["input_ids", "attention_mask", "position_ids"]
+        expected_out = ["logits"]
+        for i in range(self.spec.num_layers):
+            expected_in += [f"past_key_values.{i}.key", f"past_key_values.{i}.value"]
+            expected_out += [f"present.{i}.key", f"present.{i}.value"]
+        missing = [n for n in expected_in if n not in inputs] + [n for n in expected_out if n not in outputs]
+        if missing:
+            raise ModelLoadError(f"{self.path}: graph lacks {missing[:4]} required by its arch_spec "
+                                 f"({self.spec.num_layers} layers); re-export the model")
+        self._past_names = expected_in[3:]
+        self._present_names = expected_out[1:]
+        first = inputs["past_key_values.0.key"]
+        if first.type not in _NP_DTYPES:
+            raise ModelLoadError(f"{self.path}: unsupported KV cache type {first.type}")
+        self.kv_dtype = _NP_DTYPES[first.type]
+        for i, (_, kv, _, hd) in enumerate(self.spec.kv_cache_shapes(1, 0)):
+            shape = inputs[f"past_key_values.{i}.key"].shape
+            if len(shape) != 4 or shape[1] != kv or shape[3] != hd:
+                raise ModelLoadError(f"{self.path}: past_key_values.{i}.key has shape {shape}, the arch_spec "
+                                     f"says [batch, {kv}, past_seq, {hd}]")
+
+    def _empty_past(self) -> list[ort.OrtValue]:
+        values = []
+        for (b, kv, p, hd) in self.spec.kv_cache_shapes(1, 0):
+            empty = np.zeros((b, kv, p, hd), dtype=self.kv_dtype)
+            values += [ort.OrtValue.ortvalue_from_numpy(empty, self._device, 0),
+                       ort.OrtValue.ortvalue_from_numpy(empty, self._device, 0)]
+        return values
+
+    def _run(self, ids: Sequence[int], start: int, past: list[ort.OrtValue]) -> tuple[np.ndarray, list[ort.OrtValue]]:
+        """One graph run for tokens ``ids`` at positions start.. with ``past`` (length ``start``)."""
+        n = len(ids)
+        # The arrays stay referenced until the run is over (IOBinding does not own host buffers).
+        input_ids = np.asarray([ids], dtype=np.int64)
+        mask = np.ones((1, start + n), dtype=np.int64)
+        positions = np.arange(start, start + n, dtype=np.int64)[None, :]
+        binding = self.session.io_binding()
+        binding.bind_cpu_input("input_ids", input_ids)
+        binding.bind_cpu_input("attention_mask", mask)
+        binding.bind_cpu_input("position_ids", positions)
+        for name, value in zip(self._past_names, past):
+            binding.bind_ortvalue_input(name, value)
+        binding.bind_output("logits", "cpu")
+        for name in self._present_names:
+            binding.bind_output(name, self._device)
+        self.session.run_with_iobinding(binding)
+        outputs = binding.get_outputs()
+        return outputs[0].numpy(), list(outputs[1:])
+
+    # ---------------------------------------------------------------- public
+    def encode(self, prompt: str) -> list[int]:
+        return self.tokenizer.encode(prompt).ids
+
+    def decode(self, token_ids: Sequence[int]) -> str:
+        drop = {self.eos_id, self.pad_id}
+        return self.tokenizer.decode([t for t in token_ids if t not in drop], skip_special_tokens=False)
+
+    def prefill_logits(self, token_ids: Sequence[int]) -> np.ndarray:
+        """Logits [len(token_ids), vocab] (graph dtype) of one prefill run (parity checks, debugging)."""
+        if not len(token_ids):
+            raise ValueError("prefill_logits: empty token list")
+        logits, _ = self._run(list(token_ids), 0, self._empty_past())
+        return logits[0]
+
+    def generate(self, prompt: str, max_new_tokens: int | None = None, stop_at_eos: bool = True) -> GenerationResult:
+        """Greedy completion of ``prompt``. ``max_new_tokens=None`` takes the file's MPC budget."""
+        t0 = time.perf_counter()
+        if max_new_tokens is None:
+            max_new_tokens = int(self.generation["max_new_tokens"]["mpc"])
+        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, (int, np.integer)) or max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
+        if not isinstance(prompt, str):
+            raise TypeError(f"prompt must be a string, got {type(prompt).__name__}")
+        ids = self.encode(prompt)
+        if not ids:
+            raise ValueError("the prompt encodes to zero tokens; give a non-empty prompt")
+        logits, past = self._run(ids, 0, self._empty_past())
+        token = int(np.argmax(logits[0, -1]))
+        out = [token]
+        ttft = time.perf_counter() - t0
+        decode_times: list[float] = []
+        stopped = stop_at_eos and token == self.eos_id
+        while not stopped and len(out) < max_new_tokens:
+            t = time.perf_counter()
+            logits, past = self._run([token], len(ids) + len(out) - 1, past)
+            token = int(np.argmax(logits[0, -1]))
+            out.append(token)
+            decode_times.append(time.perf_counter() - t)
+            stopped = stop_at_eos and token == self.eos_id
+        text = self.decode(out)
+        return GenerationResult(text=text, token_ids=tuple(out), prompt_tokens=len(ids), emitted_tokens=len(out),
+                                time_to_first_token_s=ttft, decode_times_s=tuple(decode_times),
+                                total_s=time.perf_counter() - t0, stopped_at_eos=stopped)
+
+
+class OnnxPolicy:
+    """The ``TextPolicy`` of an exported file (edge_runtime.evaluation.policy), one prompt at a time.
+
+    ``last_results`` keeps the full GenerationResult (timings) of the latest ``generate`` call."""
+
+    def __init__(self, onnx_path: str | Path, providers: str | Sequence[str] | None = None,
+                 threads: int | None = None, name: str | None = None) -> None:
+        self.generator = OnnxGenerator(onnx_path, providers=providers, threads=threads)
+        self.path = Path(onnx_path)
+        self.name = name or self.path.stem
+        self.last_results: list[GenerationResult] = []
+
+    def generate(self, prompts: Sequence[str], max_new_tokens: int) -> list[Generation]:
+        self.last_results = [self.generator.generate(p, max_new_tokens) for p in prompts]
+        return [Generation(r.text, prompt_tokens=r.prompt_tokens, emitted_tokens=r.emitted_tokens)
+                for r in self.last_results]
+
+    def parameter_count(self) -> int:
+        return self.generator.spec.num_parameters()
+
+    def file_size(self) -> int:
+        return self.path.stat().st_size
