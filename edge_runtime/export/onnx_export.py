@@ -174,20 +174,10 @@ class DecoderWithCache(nn.Module):
         return (out.logits, *flat)
 
 
-def _sha256(path: Path) -> str:
-    import hashlib
-
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _source_files(model_dir: Path) -> tuple[Path, str, str]:
     """(weights path, weights sha256, tokenizer.json text) of a model dir, with clear errors."""
     from ..model.io import META as META_FILE
-    from ..model.io import SPEC, TOKENIZER, WEIGHTS
+    from ..model.io import SPEC, TOKENIZER, WEIGHTS, sha256_file
 
     if not model_dir.is_dir():
         raise ExportError(f"model directory {model_dir} does not exist")
@@ -200,7 +190,7 @@ def _source_files(model_dir: Path) -> tuple[Path, str, str]:
     sha = None
     if meta_path.is_file():
         sha = json.loads(meta_path.read_text(encoding="utf-8")).get("model_sha256")
-    sha = sha or _sha256(model_dir / WEIGHTS)
+    sha = sha or sha256_file(model_dir / WEIGHTS)
     return model_dir / WEIGHTS, sha, (model_dir / TOKENIZER).read_text(encoding="utf-8")
 
 

@@ -45,7 +45,8 @@ class ModelFormatError(ValueError):
     """A model directory is incomplete or its weights do not match its architecture spec."""
 
 
-def _sha256(path: Path) -> str:
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file, read in 1 MiB chunks (weights can be large)."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -134,7 +135,7 @@ def save_model(model, out_dir: str | os.PathLike, spec: ArchSpec | None = None,
             "edge_runtime_version": __version__, "torch_version": torch.__version__,
             "transformers_version": transformers.__version__, "safetensors_version": safetensors.__version__,
             "num_parameters": spec.num_parameters(), "dtype": str(dtype).removeprefix("torch."),
-            "model_sha256": _sha256(tmp / WEIGHTS),
+            "model_sha256": sha256_file(tmp / WEIGHTS),
             "created_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "metadata": meta_user,
         })
@@ -189,7 +190,7 @@ def load_model(model_dir: str | os.PathLike, dtype: torch.dtype | None = None):
     meta_path = model_dir / META
     if meta_path.is_file():
         expected_sha = json.loads(meta_path.read_text(encoding="utf-8")).get("model_sha256")
-        if expected_sha and _sha256(weights_path) != expected_sha:
+        if expected_sha and sha256_file(weights_path) != expected_sha:
             raise ModelFormatError(f"{weights_path}: sha256 differs from {META}; the weights were "
                                    f"modified or corrupted after saving")
     with safe_open(str(weights_path), framework="pt") as f:
