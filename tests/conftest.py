@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import math
+import os
 from typing import Callable
 
 import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a wrong model path must fail, never look like a hub id
 
 from edge_runtime.sim import ControlCommand, Track, VehicleParams, VehicleState, load_track
 
