@@ -126,8 +126,12 @@ def time_ort(gen: OnnxGenerator, prompt: str, new_tokens: int) -> tuple[float, f
 
 @torch.inference_mode()
 def time_eager(model, ids: list[int], new_tokens: int) -> tuple[float, float]:
+    import warnings
+
     from transformers import DynamicCache
 
+    # transformers 5.x announces that `past_key_values` will be renamed; the argument still works
+    warnings.filterwarnings("ignore", message=".*past_key_values.*", category=FutureWarning)
     t0 = time.perf_counter()
     cache = DynamicCache()
     input_ids = torch.tensor([ids], dtype=torch.long)
