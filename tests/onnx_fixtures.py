@@ -2,8 +2,8 @@
 
 ``build_tiny_onnx(root)`` trains a small tokenizer on a few MPC prompts, builds the ``qwen2-1m``
 preset with a non-uniform (pruned) layer, scales its weights so that greedy decoding emits varied
-tokens, saves it and exports it with :func:`edge_runtime.export.onnx_export.export_onnx` -- the
-same recipe as ``tests/test_generator.py``. A random model answers garbage, which exercises the
+tokens, saves it and exports it with :func:`edge_runtime.export.onnx_export.export_onnx` -- also
+the model of ``tests/test_generator.py``. A random model answers garbage, which exercises the
 runtime's parse-failure path; tests that need a valid answer wrap the generator.
 
 ``with_metadata(src, dst, edit)`` rewrites an exported file's metadata (``edit(props)`` changes a
@@ -16,11 +16,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 
-def build_tiny_onnx(root: str | Path, seed: int = 3, weight_scale: float = 6.0, vocab_size: int = 320) -> Path:
-    """Export a tiny random decoder to ``root/model.onnx`` (built once per call; ~seconds on a CPU)."""
+def build_tiny_model_dir(root: str | Path, seed: int = 3, weight_scale: float = 6.0, vocab_size: int = 320) -> Path:
+    """Save a tiny random non-uniform decoder (layer 1 pruned to 2 q / 1 kv heads) to ``root/model``."""
     import torch
 
-    from edge_runtime.export.onnx_export import export_onnx
     from edge_runtime.model.build import build_model, preset_spec, resize_layer
     from edge_runtime.model.io import save_model
     from edge_runtime.model.spec import LayerSpec
@@ -48,10 +47,17 @@ def build_tiny_onnx(root: str | Path, seed: int = 3, weight_scale: float = 6.0, 
             for p in model.parameters():
                 if p.dim() == 2:
                     p.mul_(weight_scale)
-        model_dir = save_model(model, root / "model", tokenizer_json=tok_path)
-        return export_onnx(model_dir, root / "model.onnx")
+        return save_model(model, root / "model", tokenizer_json=tok_path)
     finally:
         torch.set_num_threads(threads)
+
+
+def build_tiny_onnx(root: str | Path, seed: int = 3, weight_scale: float = 6.0, vocab_size: int = 320) -> Path:
+    """Export the tiny decoder of :func:`build_tiny_model_dir` to ``root/model.onnx``."""
+    from edge_runtime.export.onnx_export import export_onnx
+
+    model_dir = build_tiny_model_dir(root, seed=seed, weight_scale=weight_scale, vocab_size=vocab_size)
+    return export_onnx(model_dir, Path(root) / "model.onnx")
 
 
 def with_metadata(src: str | Path, dst: str | Path, edit: Callable[[dict[str, str]], None]) -> Path:

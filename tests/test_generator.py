@@ -20,10 +20,8 @@ ort = pytest.importorskip("onnxruntime")
 from edge_runtime.evaluation.policy import Generation
 from edge_runtime.evaluation.torch_policy import TorchPolicy
 from edge_runtime.export.onnx_export import export_onnx
-from edge_runtime.model.build import build_model, preset_spec, resize_layer
-from edge_runtime.model.io import save_model
 from edge_runtime.model.spec import LayerSpec
-from edge_runtime.model.tokenizer import load_tokenizer, save_tokenizer, train_tokenizer
+from edge_runtime.model.tokenizer import load_tokenizer
 from edge_runtime.runtime.generator import (
     REQUIRED_METADATA,
     GenerationResult,
@@ -34,6 +32,7 @@ from edge_runtime.runtime.generator import (
 )
 from edge_runtime.tasks.instructions import instruction_set
 from edge_runtime.tasks.prompts import build_mpc_prompt
+from onnx_fixtures import build_tiny_model_dir
 
 torch.set_num_threads(1)
 REPO = Path(__file__).resolve().parents[1]
@@ -47,23 +46,7 @@ def prompts(n: int) -> list[str]:
 def model_dir(tmp_path_factory) -> Path:
     """A tiny non-uniform qwen2 (layer 1 pruned to 2 q / 1 kv heads) with weights scaled to std
     ~0.12 so that greedy decoding emits varied tokens rather than one repeated token."""
-    root = tmp_path_factory.mktemp("gen")
-    corpus = [build_mpc_prompt(i.text) for i in instruction_set("train")[:20]]
-    tok = train_tokenizer(corpus, vocab_size=320)
-    tok_path = save_tokenizer(tok, root / "tok.json")
-    model = build_model(preset_spec("qwen2-1m", vocab_size=tok.get_vocab_size()), seed=3)
-    resize_layer(model, 1, LayerSpec(2, 1, 192))
-    gen = torch.Generator().manual_seed(5)
-    with torch.no_grad():
-        for module in model.model.layers[1].modules():
-            if isinstance(module, torch.nn.Linear):
-                module.weight.copy_(torch.randn(module.weight.shape, generator=gen) * 0.02)
-                if module.bias is not None:
-                    module.bias.zero_()
-        for p in model.parameters():
-            if p.dim() == 2:
-                p.mul_(6.0)
-    return save_model(model, root / "model", tokenizer_json=tok_path)
+    return build_tiny_model_dir(tmp_path_factory.mktemp("gen"), seed=3, weight_scale=6.0, vocab_size=320)
 
 
 @pytest.fixture(scope="module")

@@ -9,8 +9,8 @@ A model directory holds:
   tokenizer.json           (optional) copied verbatim
   edge_runtime_meta.json   user metadata + versions, parameter count, sha256 of the weights
 
-Why the strict check: `from_pretrained(ignore_mismatched_sizes=True)` silently re-initialises
-mismatched weights; here every tensor must be present with exactly the spec's shape.
+Why the strict check: Hugging Face's option to ignore mismatched sizes silently re-initialises
+mismatched weights (design.md forbids it); here every tensor must be present with exactly the spec's shape.
 """
 
 from __future__ import annotations
