@@ -1,7 +1,10 @@
-"""export/: ONNX export with KV cache (per-layer shapes) and the parity check (training side).
+"""export/: ONNX export with KV cache (per-layer shapes), quantization, the parity check and the
+TensorRT engine build (training side).
 
-``export_onnx`` writes one self-describing decoder graph; ``check_parity`` compares it with the
-PyTorch model; ``edge-export`` (``cli.main``) does both and keeps the file only when parity holds.
+``export_onnx`` writes one self-describing decoder graph; ``quantize_onnx`` makes its int8 / int4
+variant; ``check_parity`` compares a file with the PyTorch model; ``edge-export`` (``cli.main``)
+does all three and keeps the file only when parity holds. ``tensorrt.build_engine`` (CLI:
+``deploy/build_trt_engine.py``) builds a TensorRT engine from an fp32/fp16 file.
 Names are resolved lazily so that ``import edge_runtime.export`` does not import torch.
 """
 
@@ -12,9 +15,11 @@ import importlib
 _LAZY = {
     "export_onnx": "onnx_export", "ExportError": "onnx_export", "META_KEYS": "onnx_export",
     "FORMAT_VERSION": "onnx_export", "check_parity": "parity", "ParityReport": "parity", "TOLERANCES": "parity",
+    "quantize_onnx": "quantize", "QuantizeConfig": "quantize", "QuantizeError": "quantize",
 }
 
-__all__ = ["FORMAT_VERSION", "META_KEYS", "TOLERANCES", "ExportError", "ParityReport", "check_parity", "export_onnx"]
+__all__ = ["FORMAT_VERSION", "META_KEYS", "TOLERANCES", "ExportError", "ParityReport", "QuantizeConfig", "QuantizeError",
+           "check_parity", "export_onnx", "quantize_onnx"]
 
 
 def __getattr__(name: str):

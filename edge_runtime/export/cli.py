@@ -1,10 +1,14 @@
 """``edge-export``: export a model directory to one ONNX decoder file and check parity.
 
     edge-export models/pruned -o models/pruned.onnx [--dtype fp16] [--parity-prompts 8]
+    edge-export models/pruned -o models/pruned-int8.onnx --quantize int8 [--int8-method weight-only]
+    edge-export models/pruned -o models/pruned-int4.onnx --quantize int4 [--block-size 32]
 
-The graph is written to a temp file next to OUT, parity is checked on held-out MPC prompts (the
-held-out instruction phrasings) plus a few held-out decision prompts, and only then is the file
-moved to OUT. Exit codes: 0 exported and parity holds; 1 parity failed (OUT is not written or
+The graph is written to a temp file next to OUT (with ``--quantize``: the fp32 graph, then its
+quantized copy -- ``edge_runtime.export.quantize``), parity is checked on held-out MPC prompts (the
+held-out instruction phrasings) plus a few held-out decision prompts against the tolerance row
+of the variant (``edge_runtime.export.parity.TOLERANCES``), and only then is the file moved to
+OUT. Exit codes: 0 exported and parity holds; 1 parity failed (OUT is not written or
 replaced; with ``--keep-failed`` the graph is kept as ``OUT.parity-failed.onnx`` for
 inspection); 2 bad input (one line on stderr: missing directory, bad dtype, ...).
 """
@@ -20,6 +24,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 DTYPE_CHOICES = ("fp32", "fp16")
+QUANTIZE_CHOICES = ("int8", "int4")
+INT8_METHOD_CHOICES = ("dynamic", "weight-only")
 
 
 class _UsageError(Exception):
@@ -36,6 +42,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model_dir", help="model directory written by save_model (with tokenizer.json)")
     p.add_argument("-o", "--out", required=True, help="output .onnx file")
     p.add_argument("--dtype", default="fp32", help="graph dtype: fp32 (default) or fp16")
+    p.add_argument("--quantize", default=None,
+                   help="quantize the fp32 graph's MatMul weights: int8 (quantize_dynamic) or int4 (MatMulNBits)")
+    p.add_argument("--int8-method", default="dynamic",
+                   help="with --quantize int8: dynamic (default; int8 weights, uint8 activations at run time) or "
+                        "weight-only (8-bit MatMulNBits, float activations: closer logits, slower on CPU)")
+    p.add_argument("--block-size", type=int, default=32,
+                   help="MatMulNBits block size along K: 16, 32 (default), 64, 128 or 256")
     p.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
     p.add_argument("--parity-prompts", type=int, default=8, help="held-out MPC prompts for the parity check (default 8)")
     p.add_argument("--decision-prompts", type=int, default=2, help="held-out decision prompts for the parity check (default 2)")
@@ -87,6 +100,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     model_dir, out = Path(args.model_dir), Path(args.out)
     if args.dtype not in DTYPE_CHOICES:
         return _fail(f"--dtype must be one of {', '.join(DTYPE_CHOICES)}, got {args.dtype!r}")
+    if args.quantize is not None:
+        if args.quantize not in QUANTIZE_CHOICES:
+            return _fail(f"--quantize must be one of {', '.join(QUANTIZE_CHOICES)}, got {args.quantize!r}")
+        if args.dtype != "fp32":
+            return _fail(f"--quantize {args.quantize} starts from the fp32 graph; drop --dtype {args.dtype}")
+    if args.int8_method not in INT8_METHOD_CHOICES:
+        return _fail(f"--int8-method must be one of {', '.join(INT8_METHOD_CHOICES)}, got {args.int8_method!r}")
+    if args.block_size not in (16, 32, 64, 128, 256):
+        return _fail(f"--block-size must be one of 16, 32, 64, 128, 256, got {args.block_size}")
     if not model_dir.is_dir():
         return _fail(f"model directory {model_dir} does not exist")
     if out.suffix != ".onnx":
@@ -109,15 +131,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     from ..model.spec import ArchSpecError
     from .onnx_export import GENERATION_DEFAULTS, ExportError, export_onnx
     from .parity import check_parity
+    from .quantize import QuantizeConfig, QuantizeError, quantize_onnx
 
     torch.set_num_threads(args.threads)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.stem}.export-{uuid.uuid4().hex[:8]}.onnx")
+    tag = uuid.uuid4().hex[:8]
+    tmp = out.with_name(f".{out.stem}.export-{tag}.onnx")
+    tmp_fp32 = out.with_name(f".{out.stem}.export-{tag}.fp32.onnx")
+    quant = None
     try:
         t0 = time.perf_counter()
         try:
-            export_onnx(model_dir, tmp, dtype=args.dtype, opset=args.opset)
-        except (ExportError, ModelFormatError, ArchSpecError, FileNotFoundError) as exc:
+            if args.quantize is None:
+                export_onnx(model_dir, tmp, dtype=args.dtype, opset=args.opset)
+            else:
+                export_onnx(model_dir, tmp_fp32, dtype="fp32", opset=args.opset)
+                config = QuantizeConfig(args.quantize, int8_method=args.int8_method, block_size=args.block_size)
+                quant = quantize_onnx(tmp_fp32, tmp, config)
+        except (ExportError, QuantizeError, ModelFormatError, ArchSpecError, FileNotFoundError) as exc:
             return _fail(exc)
         t_export = time.perf_counter() - t0
         mpc, decision = parity_prompts(args.parity_prompts, args.decision_prompts)
@@ -128,13 +159,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         report = check_parity(model_dir, tmp, mpc + decision, tokens, threads=args.threads)
         t_parity = time.perf_counter() - t1
         size = tmp.stat().st_size
-        print(f"edge-export {model_dir} -> {out} ({args.dtype}, opset {args.opset})")
+        variant = args.dtype if quant is None else f"{args.quantize} {quant.config.method}"
+        print(f"edge-export {model_dir} -> {out} ({variant}, opset {args.opset})")
         print(f"  size               {size / 2**20:.2f} MiB ({size:,} bytes)")
+        if quant is not None:
+            print(f"  quantized          {len(quant.quantized)} MatMul weights; {100 * quant.ratio:.0f}% of the fp32 "
+                  f"file ({quant.src_bytes / 2**20:.2f} MiB)"
+                  + (f"; {len(quant.padded)} with K zero-padded to a block multiple" if quant.padded else ""))
         print(f"  export             {t_export:.1f} s")
         print(f"  parity prompts     {len(mpc)} MPC + {len(decision)} decision (held out), {t_parity:.1f} s")
         print(f"  max |logit diff|   {report.max_abs_logit_diff:.3g} (tolerance {report.logit_tolerance:.3g})")
         print(f"  identical answers  {report.identical_answers}/{report.n_prompts}"
               + (f" (near ties {report.near_ties})" if report.near_ties else ""))
+        print(f"  token agreement    {report.token_agreement:.3f} (teacher forced, over the reference answers)")
         if not report.ok:
             kept = ""
             if args.keep_failed:
@@ -145,9 +182,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 1
         os.replace(tmp, out)
         print(f"  parity             OK -> {out}")
+        if quant is not None:
+            print(f"  note               {args.quantize} answers may differ from the fp32 model's; check the held-out "
+                  f"score: edge-eval --model {out} --task both")
         return 0
     finally:
         tmp.unlink(missing_ok=True)
+        tmp_fp32.unlink(missing_ok=True)
 
 
 if __name__ == "__main__":

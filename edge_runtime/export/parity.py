@@ -5,23 +5,47 @@ For every prompt:
 (a) **prefill logits** -- the PyTorch model (float32, the source of truth) and the ONNX file under
     ONNX Runtime (through the vehicle runtime, ``edge_runtime.runtime.generator.OnnxGenerator``)
     each compute the logits of every prompt position; the max absolute difference must stay
-    within the dtype's tolerance ``atol + rtol * max|reference logit|``:
+    within the variant's tolerance ``atol + rtol * max|reference logit|``.
 
-        fp32   atol 1e-3, rtol 1e-4   (measured on tiny models: 5e-7 .. 2e-5)
-        fp16   atol 2e-2, rtol 1e-2   (measured on tiny models: 7e-4 for logits of magnitude ~1,
-                                       0.026 for logits of magnitude ~6; the weights are rounded
-                                       to float16, so the error grows with the logit scale --
-                                       hence the relative part)
+(b) **greedy tokens** -- both greedy-decode up to ``max_new_tokens`` (stopping at EOS); the
+    ``identical_answers`` count says for how many prompts the token sequences are identical.
 
-(b) **greedy tokens** -- both greedy-decode up to ``max_new_tokens`` (stopping at EOS) and the
-    token sequences must be identical. fp32 allows no exception. fp16 tolerates a divergence
-    only at a *near tie*: a step where the PyTorch reference's top-1 / top-2 logit gap is below
-    twice the larger of the prompt's measured prefill logit difference and the fp16 ``atol``
-    (within the numerical noise actually observed), so that float16 rounding legitimately
-    picks the other token.
-    Such prompts are counted in ``near_ties`` and listed in ``details`` (with the step and the
-    reference gap), not in ``identical_answers``. Greedy decoding of random tiny models hits such
-    ties often (top-2 gaps of 1e-3 over 200 tokens); trained models rarely do.
+(c) **token agreement** (teacher forced) -- the ONNX file is run once more over the prompt plus
+    the reference's greedy answer, and at every answer step its argmax is compared with the
+    reference's token: ``token_agreement`` is the fraction of answer tokens it reproduces, over
+    all prompts. Unlike (b) this does not let one early divergence decide the whole answer.
+
+**The tolerance table** (``TOLERANCES``; one row per variant -- the graph dtype, or the
+quantization kind of a quantized file, ``edge_runtime.quantization``):
+
+    variant  atol   rtol   greedy answers                  token agreement   measured max |logit diff|
+    fp32     1e-3   1e-4   identical, no exception         --                tiny models 5e-7 .. 3e-5; dense 3e-5
+    fp16     2e-2   1e-2   identical except at near ties   --                tiny 7e-4 (|logit| ~1) .. 0.026 (~6); dense 0.026
+    int8     0.5    0.10   reported, not required          >= 0.90           dense 2.2 (bound 3.4), agreement 0.987
+    int4     1.0    0.15   reported, not required          >= 0.80           dense 2.5 (bound 5.35), agreement 0.949
+
+("dense" = ``models/dense``, logits up to |29|, on edge-export's 8 + 2 held-out parity prompts;
+int8 weight-only: 0.20, agreement 0.997, 9/10 identical answers.) Random tiny test models are
+far more sensitive to weight rounding than a trained one: depending on their weight scale the
+int4 agreement ranges from 0.46 to 1.0, so the tests check the mechanism (bounds, agreement
+bookkeeping) on them and the floors above are calibrated on the trained model.
+
+fp16: the weights are rounded to float16, so the error grows with the logit scale -- hence the
+relative part. A divergence is tolerated only at a *near tie*: a step where the PyTorch
+reference's top-1 / top-2 logit gap is below twice the larger of the prompt's measured prefill
+logit difference and the fp16 ``atol`` (within the numerical noise actually observed), so that
+float16 rounding legitimately picks the other token. Such prompts are counted in ``near_ties``
+and listed in ``details`` (with the step and the reference gap), not in ``identical_answers``.
+Greedy decoding of random tiny models hits such ties often (top-2 gaps of 1e-3 over 200 tokens);
+trained models rarely do.
+
+int8 / int4 (``edge_runtime.export.quantize``): rounding every weight to 8 or 4 bits moves the
+logits by O(1) on a model whose logits reach ~30, so whole greedy answers legitimately diverge
+(models/dense: 7/10 identical answers for int8, 2/10 for int4 on the held-out parity prompts).
+Parity for them means: the logits stay within a loose bound (it catches a broken graph -- a
+wrong layout or a lost layer moves them by the logit scale itself) and the teacher-forced token
+agreement stays above the table's floor; the agreement fraction is reported, and the task-level
+check is the held-out score (``edge-eval --model X.onnx --task both``), reported beside it.
 
 The ONNX side runs through the vehicle runtime on purpose: parity then also covers the
 runtime's cache handling (prefill with an empty past, presents fed back as pasts).
@@ -39,14 +63,21 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["TOLERANCES", "LogitTolerance", "ParityReport", "check_parity"]
+__all__ = ["TOLERANCES", "LogitTolerance", "ParityReport", "check_parity", "parity_variant"]
 
 
 @dataclass(frozen=True)
 class LogitTolerance:
+    """One row of the tolerance table (see the module docstring).
+
+    ``require_identical``: every greedy answer must be identical (near ties excepted when
+    ``allow_near_ties``); ``min_token_agreement``: floor on the teacher-forced token agreement."""
+
     atol: float
     rtol: float
     allow_near_ties: bool
+    require_identical: bool = True
+    min_token_agreement: float = 0.0
 
     def bound(self, reference_max_abs: float) -> float:
         return self.atol + self.rtol * reference_max_abs
@@ -55,6 +86,10 @@ class LogitTolerance:
 TOLERANCES: dict[str, LogitTolerance] = {
     "fp32": LogitTolerance(atol=1e-3, rtol=1e-4, allow_near_ties=False),
     "fp16": LogitTolerance(atol=2e-2, rtol=1e-2, allow_near_ties=True),
+    "int8": LogitTolerance(atol=0.5, rtol=0.10, allow_near_ties=True, require_identical=False,
+                           min_token_agreement=0.90),
+    "int4": LogitTolerance(atol=1.0, rtol=0.15, allow_near_ties=True, require_identical=False,
+                           min_token_agreement=0.80),
 }
 
 
@@ -69,11 +104,18 @@ class ParityReport:
     logit_tolerance: float = 0.0   # the largest per-prompt bound (atol + rtol * max|ref|)
     near_ties: int = 0
     message: str = ""
+    variant: str = ""              # the TOLERANCES row used: the dtype, or the quantization kind
+    token_agreement: float = 1.0   # teacher-forced, over all answer tokens of all prompts
+
+    @property
+    def identical_fraction(self) -> float:
+        return self.identical_answers / self.n_prompts if self.n_prompts else 0.0
 
     def summary(self) -> str:
-        return (f"parity {'OK' if self.ok else 'FAILED'} ({self.dtype}): max |logit diff| "
+        return (f"parity {'OK' if self.ok else 'FAILED'} ({self.variant or self.dtype}): max |logit diff| "
                 f"{self.max_abs_logit_diff:.3g} (tolerance {self.logit_tolerance:.3g}), identical greedy answers "
                 f"{self.identical_answers}/{self.n_prompts}" + (f", near ties {self.near_ties}" if self.near_ties else "")
+                + f", token agreement {self.token_agreement:.3f}"
                 + (f" -- {self.message}" if self.message else ""))
 
 
@@ -123,6 +165,14 @@ def _source_sha(model_dir: Path) -> str | None:
     return None
 
 
+def parity_variant(metadata: dict[str, str]) -> str:
+    """The TOLERANCES row of a file: its quantization kind if quantized, else its graph dtype."""
+    from .quantize import quantization_of
+
+    record = quantization_of(metadata)
+    return record["kind"] if record else metadata.get("edge_runtime.dtype", "")
+
+
 def check_parity(model_dir: str | os.PathLike, onnx_path: str | os.PathLike, prompts: Sequence[str],
                  max_new_tokens: int | Sequence[int], threads: int | None = 1) -> ParityReport:
     """Compare the model in ``model_dir`` with the exported ``onnx_path`` on ``prompts``.
@@ -142,9 +192,10 @@ def check_parity(model_dir: str | os.PathLike, onnx_path: str | os.PathLike, pro
         raise ValueError("check_parity: max_new_tokens must be a positive int or one positive int per prompt")
     model_dir = Path(model_dir)
     generator = OnnxGenerator(onnx_path, threads=threads)
-    tol = TOLERANCES.get(generator.dtype)
+    variant = parity_variant(generator.metadata)
+    tol = TOLERANCES.get(variant)
     if tol is None:
-        raise ValueError(f"{onnx_path}: unknown graph dtype {generator.dtype!r}; known: {', '.join(TOLERANCES)}")
+        raise ValueError(f"{onnx_path}: unknown graph variant {variant!r}; known: {', '.join(TOLERANCES)}")
     old_threads = torch.get_num_threads()
     if threads is not None:
         torch.set_num_threads(threads)
@@ -157,6 +208,7 @@ def check_parity(model_dir: str | os.PathLike, onnx_path: str | os.PathLike, pro
                             f"{generator.source_sha256[:12]}..., {model_dir} has {sha[:12]}...)")
         details: list[dict[str, Any]] = []
         max_diff, bound_max, identical, near_ties, ok = 0.0, 0.0, 0, 0, True
+        agreed, answer_tokens = 0, 0
         for k, (prompt, budget) in enumerate(zip(prompts, budgets)):
             ids = generator.encode(prompt)
             ref_logits, ref_tokens, gaps = _torch_greedy(model, ids, budget, generator.eos_id)
@@ -171,7 +223,11 @@ def check_parity(model_dir: str | os.PathLike, onnx_path: str | os.PathLike, pro
             gap = gaps[divergence] if divergence is not None and divergence < len(gaps) else None
             near_tie = bool(not same and gap is not None and gap < 2 * max(diff, tol.atol))
             logits_ok = diff <= bound
-            tokens_ok = same or (near_tie and tol.allow_near_ties)
+            tokens_ok = same or (near_tie and tol.allow_near_ties) or not tol.require_identical
+            forced = ids + ref_tokens[:-1]  # teacher forcing: the reference answer as the prefix
+            forced_argmax = np.argmax(generator.prefill_logits(forced)[len(ids) - 1:], axis=-1)
+            agree = int(np.sum(forced_argmax == np.asarray(ref_tokens)))
+            agreed, answer_tokens = agreed + agree, answer_tokens + len(ref_tokens)
             identical += same
             near_ties += near_tie
             ok &= logits_ok and tokens_ok
@@ -181,16 +237,22 @@ def check_parity(model_dir: str | os.PathLike, onnx_path: str | os.PathLike, pro
                 "logits_ok": logits_ok, "identical": same, "torch_tokens": len(ref_tokens),
                 "onnx_tokens": len(onnx_tokens), "first_divergence": divergence,
                 "reference_gap_at_divergence": gap, "near_tie": near_tie,
+                "token_agreement": agree / len(ref_tokens),
             })
             if not logits_ok:
                 messages.append(f"prompt {k}: logit diff {diff:.3g} > {bound:.3g}")
             if not tokens_ok:
                 messages.append(f"prompt {k}: greedy tokens differ from step {divergence} "
                                 f"(reference top-2 gap {gap if gap is None else round(gap, 4)})")
+        token_agreement = agreed / answer_tokens if answer_tokens else 1.0
+        if token_agreement < tol.min_token_agreement:
+            ok = False
+            messages.append(f"teacher-forced token agreement {token_agreement:.3f} < {tol.min_token_agreement} "
+                            f"({variant})")
         ok &= not (sha is not None and sha != generator.source_sha256)
     finally:
         torch.set_num_threads(old_threads)
     msg = "; ".join(messages[:4]) + (f"; ... {len(messages) - 4} more" if len(messages) > 4 else "")
     return ParityReport(ok=bool(ok), max_abs_logit_diff=max_diff, identical_answers=identical, n_prompts=len(prompts),
                         details=details, dtype=generator.dtype, logit_tolerance=bound_max, near_ties=near_ties,
-                        message=msg)
+                        message=msg, variant=variant, token_agreement=token_agreement)

@@ -12,6 +12,13 @@ control step after the answer arrives, and the control thread never waits for it
 ``--fast``, where the loop pauses at each instruction until its answer is in, so that a run is
 deterministic (tests, CI; recorded as ``llm_blocking: true``).
 
+GPU / Jetson telemetry (``edge_runtime.telemetry.gpu``): with ``tegrastats`` on PATH or NVML
+(``pynvml``) available, a background thread writes ``type: "gpu"`` records (power, utilisation,
+unified RAM / GPU memory) every ``--gpu-interval`` seconds into the same log, plus the Jetson
+power mode (``nvpmodel -q``, ``jetson_clocks``); otherwise the summary says "no GPU sampler".
+``--constrained``: grammar-constrained decoding (every answer parses; see
+``edge_runtime.runtime.constrained``).
+
 Writes ``steps.jsonl`` (one JSON line per control step and per LLM call) and ``summary.json`` to
 ``--out`` and prints the summary table: control-step and MPC latency, LLM time to first token,
 per-token decode and total latency, LLM failures by reason, and the closed-loop score of every
@@ -81,6 +88,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="ONNX Runtime intra-op threads for the LLM (default: ONNX Runtime's choice, all cores; "
                         "on a vehicle leave a core to the control loop)")
     p.add_argument("--provider", default="cpu", help="ONNX Runtime provider: cpu, cuda, tensorrt or auto")
+    p.add_argument("--gpu-interval", type=float, default=0.5, metavar="S",
+                   help="GPU / Jetson telemetry every S seconds (tegrastats or NVML, when found; 0: off)")
+    p.add_argument("--constrained", action=argparse.BooleanOptionalAction, default=False,
+                   help="with --model: grammar-constrained decoding, every answer parses and forced tokens skip "
+                        "the forward pass (edge_runtime.runtime.constrained; default: off, the model's own output)")
     return p
 
 
@@ -114,8 +126,9 @@ def _print_summary(summary: dict) -> None:
     if llm:
         failures = ", ".join(f"{k} {v}" for k, v in llm["failures"].items()) or "none"
         status = ", ".join(f"{k} {v}" for k, v in llm["status"].items()) or "none"
+        forced = f" ({llm['forced_tokens']} forced by the grammar)" if llm.get("constrained") else ""
         print(f"LLM calls {llm['generations']} ({status}); parse/worker failures: {failures}; "
-              f"tokens emitted {llm['emitted_tokens']}, prompt {llm['prompt_tokens_mean'] or 0:.0f} tokens")
+              f"tokens emitted {llm['emitted_tokens']}{forced}, prompt {llm['prompt_tokens_mean'] or 0:.0f} tokens")
     windows = summary.get("windows") or []
     if windows:
         print(f"{'win':>3s} {'t [s]':>6s} {'category':18s} {'LLM':14s} {'error':>8s} {'default':>8s} {'improv.':>8s}  instruction")
@@ -133,6 +146,23 @@ def _print_summary(summary: dict) -> None:
         if isinstance(overall, (int, float)):
             print(f"control adaptability of the model: {overall:+.3f} (mean over categories; windows whose answer "
                   f"failed score {WORST_ADAPTABILITY:g})")
+
+
+def _gpu_line(gpu: dict) -> str:
+    if not gpu.get("available"):
+        return gpu.get("note", "no GPU sampler")
+    parts = [f"GPU telemetry ({gpu['source']}): {gpu['samples']} samples"]
+    if gpu.get("power_w"):
+        parts.append(f"power mean {gpu['power_w']['mean']:.2f} W, max {gpu['power_w']['max']:.2f} W")
+    if gpu.get("gpu_util"):
+        parts.append(f"GPU util mean {100 * gpu['gpu_util']['mean']:.0f}%")
+    for key, name in (("ram_used_peak", "RAM (unified) peak"), ("gpu_mem_used_peak", "GPU memory peak")):
+        if key in gpu:
+            parts.append(f"{name} {gpu[key] / 2**20:.0f} MiB")
+    platform = gpu.get("platform") or {}
+    if platform.get("power_mode") or platform.get("jetson_clocks") is not None:
+        parts.append(f"nvpmodel {platform.get('power_mode')}, jetson_clocks {platform.get('jetson_clocks')}")
+    return "; ".join(parts)
 
 
 #: Window LLM states that say nothing about the model's answer (it never got to act on the window).
@@ -177,7 +207,8 @@ def _load_model(args: argparse.Namespace):
     from .llm_worker import mpc_token_budget
 
     try:
-        generator = OnnxGenerator(args.model, providers=args.provider, threads=args.threads)
+        generator = OnnxGenerator(args.model, providers=args.provider, threads=args.threads,
+                                  constrained=args.constrained)
         budget = mpc_token_budget(generator.generation, str(args.model))
     except (ModelLoadError, ValueError, TypeError) as exc:
         raise _ModelError(exc) from None
@@ -199,6 +230,8 @@ def main(argv: list[str] | None = None) -> int:
         mpc_config = MPCConfig(horizon=args.horizon, rate_hz=args.rate)
         if args.threads is not None and args.threads < 1:
             raise ValueError(f"--threads must be a positive integer, got {args.threads}")
+        if not (args.gpu_interval >= 0 and args.gpu_interval < float("inf")):
+            raise ValueError(f"--gpu-interval must be >= 0 seconds (0: off), got {args.gpu_interval}")
         scenario, note = _scenario(args)
         sim = make_simulator(args.sim, track=args.track)
     except (ParameterError, TrackFormatError, SimulatorUnavailableError, ScriptError, ValueError) as exc:
@@ -240,7 +273,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     stop = threading.Event()
 
-    def on_signal(signum, frame):  # noqa: ARG001 - signal handler signature
+    def on_signal(signum, frame):
         stop.set()
 
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
@@ -248,6 +281,11 @@ def main(argv: list[str] | None = None) -> int:
     log = JsonlWriter(out / "steps.jsonl")
     loop = ControlLoop(sim, FrenetMPC(sim.track, params, mpc_config), loop_config, log)
     worker_stopped = None
+    gpu_sampler, gpu_note = None, "GPU telemetry off (--gpu-interval 0)"
+    if args.gpu_interval > 0:
+        from ..telemetry.gpu import start_gpu_sampler
+
+        gpu_sampler, gpu_note = start_gpu_sampler(log.write, args.gpu_interval)  # "gpu" records in the log
     try:
         if worker is not None:
             loop.attach_llm(worker, scenario, blocking=args.fast)  # binds the worker to the loop's inbox
@@ -257,12 +295,16 @@ def main(argv: list[str] | None = None) -> int:
         if worker is not None:
             worker_stopped = worker.stop(WORKER_STOP_TIMEOUT)
             loop.finish_llm()
+        if gpu_sampler is not None:
+            gpu_sampler.stop()
         log.close()
         for s, handler in previous.items():
             signal.signal(s, handler)
     summary = loop.summary()
     summary.update({"interrupted": stop.is_set(), "sim": args.sim, "track": args.track,
-                    "started": started, "log": str(out / "steps.jsonl"), "log_records": log.records})
+                    "started": started, "log": str(out / "steps.jsonl"), "log_records": log.records,
+                    "gpu": gpu_sampler.summary() if gpu_sampler is not None else {"available": False,
+                                                                                   "note": gpu_note}})
     if worker is None:
         summary["params"] = params.to_dict()
     else:
@@ -273,6 +315,7 @@ def main(argv: list[str] | None = None) -> int:
         adaptability = _model_adaptability(windows)
         llm = worker.summary()
         llm.update({"model": str(args.model), "providers": generator.providers, "threads": args.threads,
+                    "constrained": bool(args.constrained),
                     "status": dict(sorted(loop.llm_status.items())), "warmup": {"generations": 1, "tokens": 2,
                                                                                   "seconds": warmup_s},
                     "worker_stopped": worker_stopped, "blocked_s": loop.llm_wait})
@@ -282,6 +325,7 @@ def main(argv: list[str] | None = None) -> int:
     sim.close()
     write_json_atomic(out / "summary.json", summary)
     _print_summary(summary)
+    print(_gpu_line(summary["gpu"]))
     print(f"telemetry: {out / 'steps.jsonl'} ({log.records} records), summary: {out / 'summary.json'}")
     return 0
 

@@ -22,6 +22,11 @@ being known (tokenization + prefill + argmax); ``decode_times_s`` holds one entr
 token (the graph run + argmax for that token), so ``len(decode_times_s) == emitted_tokens - 1``;
 ``total_s`` covers the whole call including decoding the text.
 
+Constrained decoding and sampling (``generate(constrained=True)``, ``temperature > 0``) run in
+``edge_runtime.runtime.constrained``; the plain greedy loop above is unchanged by them. There,
+forced tokens are fed to the graph together with the next token (``forced_tokens``,
+``forward_passes``) and ``decode_times_s`` has one entry per model-chosen token after the first.
+
 Text: generated ids without EOS/pad, decoded with special tokens kept (the answer tags are
 ordinary added tokens), exactly like ``edge_runtime.evaluation.torch_policy.TorchPolicy``.
 ``emitted_tokens`` counts what the model really produced, the EOS included when it stopped on it.
@@ -32,6 +37,7 @@ This module must not import torch or transformers (tested).
 from __future__ import annotations
 
 import json
+import math
 import time
 import warnings
 from collections.abc import Sequence
@@ -45,6 +51,7 @@ from tokenizers import Tokenizer
 
 from ..evaluation.policy import Generation
 from ..model.spec import ArchSpec, ArchSpecError
+from .providers import ProviderConfig, provider_names
 
 __all__ = [
     "PROVIDER_ALIASES",
@@ -86,6 +93,9 @@ class GenerationResult:
     decode_times_s: tuple[float, ...] = field(repr=False)  # one per token after the first
     total_s: float = 0.0
     stopped_at_eos: bool = False
+    forced_tokens: int = 0           # of emitted_tokens, appended by the grammar without a forward pass of their own
+    forward_passes: int = 0          # graph runs, the prefill included
+    constrained: str | None = None   # grammar used ("mpc" / "decision"), None: unconstrained
 
 
 def _one_line(text: object, limit: int = 240) -> str:
@@ -120,7 +130,7 @@ def resolve_providers(providers: str | Sequence[str] | None) -> tuple[list[str],
     return chosen, notes
 
 
-def _session(path: Path, providers: list[str], threads: int | None) -> ort.InferenceSession:
+def _session(path: Path, providers: list[Any], threads: int | None) -> ort.InferenceSession:
     options = ort.SessionOptions()
     if threads is not None:
         if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
@@ -167,17 +177,27 @@ class OnnxGenerator:
     ``providers``: None (CPU), "auto", or names -- see :func:`resolve_providers`; requested but
     unavailable providers are listed in ``unavailable_providers`` (and warned about), not fatal.
     ``threads``: ONNX Runtime intra-op threads (None: ONNX Runtime's default).
+    ``constrained``: default of ``generate(constrained=...)``: grammar-constrained decoding
+    (``edge_runtime.runtime.constrained``). Off by default so that the generator reproduces the
+    model's own greedy tokens (parity with PyTorch, honest evaluation); turn it on for a vehicle,
+    where an answer that does not parse is a lost instruction.
     """
 
-    def __init__(self, onnx_path: str | Path, providers: str | Sequence[str] | None = None,
-                 threads: int | None = None) -> None:
+    def __init__(self, onnx_path: str | Path, providers: str | Sequence[str] | ProviderConfig | None = None,
+                 threads: int | None = None, *, constrained: bool = False) -> None:
         path = Path(onnx_path)
         self.path = path
+        self.constrained = bool(constrained)
         if not path.is_file():
             raise ModelLoadError(f"{path}: ONNX model file not found")
-        wanted, self.unavailable_providers = resolve_providers(providers)
+        if isinstance(providers, ProviderConfig):  # typed config: provider options, TensorRT profile (providers.py)
+            wanted, self.unavailable_providers = providers.resolve(path)
+            threads = providers.threads if threads is None else threads
+        else:
+            wanted, self.unavailable_providers = resolve_providers(providers)
         for note in self.unavailable_providers:
-            warnings.warn(f"{path.name}: {note}; using {', '.join(wanted)}", RuntimeWarning, stacklevel=2)
+            warnings.warn(f"{path.name}: {note}; using {', '.join(provider_names(wanted))}", RuntimeWarning,
+                          stacklevel=2)
         self.session = _session(path, wanted, threads)
         self.providers: list[str] = self.session.get_providers()
         self.metadata = meta = read_metadata(path, self.session)
@@ -273,8 +293,15 @@ class OnnxGenerator:
         logits, _ = self._run(list(token_ids), 0, self._empty_past())
         return logits[0]
 
-    def generate(self, prompt: str, max_new_tokens: int | None = None, stop_at_eos: bool = True) -> GenerationResult:
-        """Greedy completion of ``prompt``. ``max_new_tokens=None`` takes the file's MPC budget."""
+    def generate(self, prompt: str, max_new_tokens: int | None = None, stop_at_eos: bool = True, *,
+                 constrained: bool | None = None, task: str | None = None, temperature: float = 0.0,
+                 seed: int | None = None, rng: np.random.Generator | None = None) -> GenerationResult:
+        """Completion of ``prompt``. ``max_new_tokens=None`` takes the file's MPC budget.
+
+        Greedy by default; ``temperature > 0`` samples (``seed`` or ``rng`` for reproducibility).
+        ``constrained`` (None: the generator's default) masks the logits with the answer grammar
+        of ``task`` ("mpc" or "decision"; None: inferred from the prompt) and skips the forward
+        pass of forced tokens -- see ``edge_runtime.runtime.constrained``."""
         t0 = time.perf_counter()
         if max_new_tokens is None:
             max_new_tokens = int(self.generation["max_new_tokens"]["mpc"])
@@ -282,6 +309,19 @@ class OnnxGenerator:
             raise ValueError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
         if not isinstance(prompt, str):
             raise TypeError(f"prompt must be a string, got {type(prompt).__name__}")
+        if not (isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature >= 0):
+            raise ValueError(f"temperature must be a finite number >= 0, got {temperature!r}")
+        if self.constrained if constrained is None else constrained:
+            from . import constrained as cd
+
+            constraint = cd.constraint_for(self, task or cd.infer_task(prompt))
+            return cd.generate_constrained(self, prompt, int(max_new_tokens), constraint, temperature=temperature,
+                                           rng=rng or np.random.default_rng(seed), stop_at_eos=stop_at_eos)
+        if temperature > 0:
+            from .constrained import generate_constrained
+
+            return generate_constrained(self, prompt, int(max_new_tokens), None, temperature=temperature,
+                                        rng=rng or np.random.default_rng(seed), stop_at_eos=stop_at_eos)
         ids = self.encode(prompt)
         if not ids:
             raise ValueError("the prompt encodes to zero tokens; give a non-empty prompt")
@@ -301,17 +341,19 @@ class OnnxGenerator:
         text = self.decode(out)
         return GenerationResult(text=text, token_ids=tuple(out), prompt_tokens=len(ids), emitted_tokens=len(out),
                                 time_to_first_token_s=ttft, decode_times_s=tuple(decode_times),
-                                total_s=time.perf_counter() - t0, stopped_at_eos=stopped)
+                                total_s=time.perf_counter() - t0, stopped_at_eos=stopped,
+                                forward_passes=1 + len(decode_times))
 
 
 class OnnxPolicy:
     """The ``TextPolicy`` of an exported file (edge_runtime.evaluation.policy), one prompt at a time.
 
-    ``last_results`` keeps the full GenerationResult (timings) of the latest ``generate`` call."""
+    ``last_results`` keeps the full GenerationResult (timings) of the latest ``generate`` call.
+    ``constrained``: grammar-constrained decoding, the task inferred from each prompt."""
 
     def __init__(self, onnx_path: str | Path, providers: str | Sequence[str] | None = None,
-                 threads: int | None = None, name: str | None = None) -> None:
-        self.generator = OnnxGenerator(onnx_path, providers=providers, threads=threads)
+                 threads: int | None = None, name: str | None = None, *, constrained: bool = False) -> None:
+        self.generator = OnnxGenerator(onnx_path, providers=providers, threads=threads, constrained=constrained)
         self.path = Path(onnx_path)
         self.name = name or self.path.stem
         self.last_results: list[GenerationResult] = []

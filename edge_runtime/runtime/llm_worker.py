@@ -22,7 +22,10 @@ worker thread keeps serving. :meth:`stop` ends the thread after the generation i
 any) and says whether it ended within the timeout.
 
 Torch-free (vehicle side). ``generator`` is anything with ``generate(prompt, max_new_tokens)``
-returning a :class:`~edge_runtime.runtime.generator.GenerationResult` (tests pass doubles).
+returning a :class:`~edge_runtime.runtime.generator.GenerationResult` (tests pass doubles). With a
+constrained generator (``OnnxGenerator(constrained=True)``, ``edge-run --constrained``) every
+answer parses; the records then also count the ``forced_tokens`` the grammar appended without a
+forward pass (``emitted_tokens`` includes them; ``decode_times`` are per model-chosen token).
 """
 
 from __future__ import annotations
@@ -80,6 +83,7 @@ class LLMOutcome:
     text: str = ""
     prompt_tokens: int = 0
     emitted_tokens: int = 0
+    forced_tokens: int = 0  # of emitted_tokens, appended by constrained decoding without a forward pass
     stopped_at_eos: bool = False
     time_to_first_token: float | None = None
     decode_times: tuple[float, ...] = field(default=(), repr=False)
@@ -106,6 +110,7 @@ class LLMOutcome:
             dec = self.decode_times
             rec.update({
                 "prompt_tokens": self.prompt_tokens, "emitted_tokens": self.emitted_tokens,
+                "forced_tokens": self.forced_tokens,
                 "stopped_at_eos": self.stopped_at_eos, "time_to_first_token": self.time_to_first_token,
                 "decode_time_mean": float(np.mean(dec)) if dec else None,
                 "decode_time_p50": float(np.median(dec)) if dec else None,
@@ -146,6 +151,7 @@ class LLMWorker:
         self.totals: list[float] = []
         self.prompt_tokens: list[int] = []
         self.emitted_tokens: list[int] = []
+        self.forced_tokens: list[int] = []
 
     # -------------------------------------------------------------------- control-thread API
     def bind(self, deliver: Callable[[LLMOutcome], None], clock: Callable[[], float] | None = None) -> None:
@@ -240,6 +246,8 @@ class LLMWorker:
         self.totals.append(float(result.total_s))
         self.prompt_tokens.append(int(result.prompt_tokens))
         self.emitted_tokens.append(int(result.emitted_tokens))
+        forced = int(getattr(result, "forced_tokens", 0))
+        self.forced_tokens.append(forced)
         if parsed.ok:
             status, failure = "answered", None
         else:
@@ -247,7 +255,8 @@ class LLMWorker:
             self.failures[failure] += 1
         return LLMOutcome(request, status, params=parsed.params, failure=failure, detail=parsed.detail,
                           text=result.text, prompt_tokens=int(result.prompt_tokens),
-                          emitted_tokens=int(result.emitted_tokens), stopped_at_eos=bool(result.stopped_at_eos),
+                          emitted_tokens=int(result.emitted_tokens), forced_tokens=forced,
+                          stopped_at_eos=bool(result.stopped_at_eos),
                           time_to_first_token=float(result.time_to_first_token_s),
                           decode_times=tuple(float(t) for t in result.decode_times_s),
                           total_time=float(result.total_s), answered_sim_time=self._clock(),
@@ -264,6 +273,7 @@ class LLMWorker:
             "max_new_tokens": self.max_new_tokens,
             "prompt_tokens_mean": float(np.mean(self.prompt_tokens)) if self.prompt_tokens else None,
             "emitted_tokens": int(sum(self.emitted_tokens)),
+            "forced_tokens": int(sum(self.forced_tokens)),
             "time_to_first_token": latency_summary(self.ttft),
             "decode_per_token": latency_summary(self.decode_times),
             "total": latency_summary(self.totals),

@@ -59,7 +59,9 @@ def cmd_sft(args: argparse.Namespace) -> int:
     else:
         print(f"training the tokenizer (vocab {args.vocab_size})...")
         tokenizer = train_tokenizer(task_corpus(seed=args.seed), vocab_size=args.vocab_size)
-        spec = preset_spec(args.preset, vocab_size=tokenizer.get_vocab_size())
+        overrides = {k: v for k, v in (("num_layers", args.num_layers),
+                                       ("intermediate_size", args.intermediate_size)) if v}
+        spec = preset_spec(args.preset, vocab_size=tokenizer.get_vocab_size(), **overrides)
         model = build_model(spec, seed=args.seed)
     save_tokenizer(tokenizer, work / "tokenizer.json")
     optim = OptimConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, warmup_steps=args.warmup,
@@ -92,6 +94,82 @@ def cmd_sft(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bpf(args: argparse.Namespace) -> int:
+    """One pruning schedule (or the same-budget dense baseline) from a trained model directory."""
+    import dataclasses
+
+    import torch
+
+    from ..model.io import load_pretrained_dir, save_model
+    from ..model.spec import ArchSpec, spec_from_model
+    from ..model.tokenizer import load_tokenizer
+    from ..prune import PruneConfig, prunable_parameters
+    from ..tasks.oracle_table import OracleTable
+    from .bpf import RecipeConfig, run_recipe
+    from .grpo import GRPOConfig
+    from .rewards import make_reward_pool
+    from .sft import OptimConfig
+    from .sft_data import SFTDataConfig
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    started = time.time()
+    recipe = RecipeConfig(schedule=args.schedule, ratio=0.0 if args.schedule == "none" else args.ratio,
+                          shares=args.shares, sft_shares=args.sft_shares, sft_steps=args.sft_steps,
+                          rl_steps=args.rl_steps, seed=args.seed)
+    prune_cfg = PruneConfig(importance=args.importance, scope=args.scope, keep_first=args.keep_first,
+                            keep_last=args.keep_last, round_to=args.round_to, head_mode=args.head_mode,
+                            seed=args.seed)
+    sft_optim = OptimConfig(steps=max(1, recipe.sft_steps), batch_size=args.batch_size, lr=args.sft_lr,
+                            warmup_steps=min(args.sft_warmup, max(0, recipe.sft_steps - 1)), seed=args.seed,
+                            eval_every=0)
+    sft_data = SFTDataConfig(mpc_examples=args.mpc_examples, decision_per_instruction=args.decision_per_instruction,
+                             jitter=args.jitter, seed=args.seed)
+    grpo = GRPOConfig(steps=max(1, recipe.rl_steps), prompts_per_step=args.prompts_per_step,
+                      group_size=args.group_size, lr=args.rl_lr, temperature=args.temperature,
+                      kl_coef=args.kl_coef, seed=args.seed)
+    out = Path(args.out)
+    work = out.with_name(out.name + ".training")
+    init = Path(args.init_from)
+    model, spec = load_pretrained_dir(init)
+    tokenizer = load_tokenizer(init / "tokenizer.json")
+    reference = ArchSpec.load(args.reference_spec) if args.reference_spec else spec
+    table = OracleTable.load(args.oracle_table)
+    print(f"{args.schedule}: {init} ({sum(p.numel() for p in model.parameters()):,} parameters; "
+          f"prunable reference {prunable_parameters(reference, prune_cfg):,}), ratio {recipe.ratio}, "
+          f"SFT {recipe.sft_steps} steps, RL {recipe.rl_steps} steps")
+    with make_reward_pool(args.ray, args.workers) as pool:
+        result = run_recipe(model, tokenizer, reference, recipe, work, table=table, sft_optim=sft_optim,
+                            sft_data=sft_data, grpo_config=grpo, reward_pool=pool, prune_config=prune_cfg)
+    model = result.model
+    n_params = sum(p.numel() for p in model.parameters())
+    summary = {
+        "kind": "bpf", "command": "edge-train " + shlex.join(args.argv), "init_from": str(init), "seed": args.seed,
+        "recipe": dataclasses.asdict(recipe), "prune": dataclasses.asdict(prune_cfg),
+        "sft_optim": dataclasses.asdict(sft_optim), "sft_data": dataclasses.asdict(sft_data),
+        "grpo": dataclasses.asdict(grpo), "reward_workers": {"ray": args.ray, "workers": args.workers},
+        "parameters": n_params, "reference_parameters": reference.num_parameters(),
+        "reference_prunable": prunable_parameters(reference, prune_cfg),
+        "whole_model_reduction": 1.0 - n_params / reference.num_parameters(),
+        **result.summary(), "wall_time_s": time.time() - started, "torch": torch.__version__,
+        "threads": torch.get_num_threads(), "machine": platform.processor() or platform.machine(), "device": "cpu",
+    }
+    if (init / "train_summary.json").exists():
+        summary["init_summary"] = json.loads((init / "train_summary.json").read_text())
+    save_model(model, out, spec_from_model(model), tokenizer_json=init / "tokenizer.json",
+               metadata={"training": summary})
+    (out / "train_summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+    with open(out / "metrics.jsonl", "w", encoding="utf-8") as merged:  # one log: SFT phase, then RL phase
+        for phase in ("sft", "rl"):
+            path = work / phase / "metrics.jsonl"
+            if path.exists():
+                for line in path.read_text().splitlines():
+                    merged.write(json.dumps({"phase": phase, **json.loads(line)}) + "\n")
+    print(f"saved {out}: {n_params:,} parameters ({summary['whole_model_reduction']:.1%} fewer than the reference), "
+          f"{summary['wall_time_s'] / 60:.1f} min")
+    return 0
+
+
 def cmd_card(args: argparse.Namespace) -> int:
     from .model_card import write_model_card
 
@@ -107,6 +185,8 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("sft", help="supervised fine-tuning on oracle answers")
     p.add_argument("--out", required=True, help="model directory to write")
     p.add_argument("--preset", default="qwen2-4m", help="tiny preset to build from scratch")
+    p.add_argument("--num-layers", type=int, default=0, help="override the preset's layer count (0: keep)")
+    p.add_argument("--intermediate-size", type=int, default=0, help="override the preset's MLP width (0: keep)")
     p.add_argument("--init-from", help="start from a local model directory (ours or a Hugging Face checkpoint)")
     p.add_argument("--oracle-table", default=str(DEFAULT_ORACLE_TABLE))
     p.add_argument("--steps", type=int, default=1500)
@@ -122,6 +202,41 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--checkpoint-every", type=int, default=0)
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     p.set_defaults(func=cmd_sft)
+    b = sub.add_parser("bpf", help="prune during training (BPF) or run a baseline schedule")
+    b.add_argument("--init-from", required=True, help="trained dense model directory (after SFT)")
+    b.add_argument("--out", required=True)
+    b.add_argument("--schedule", required=True, choices=["rl", "sft-rl", "sft", "ptp", "ptp-rl", "none"],
+                   help="rl: BPF-RL; sft-rl: BPF-SFT/RL; sft: SFT-stage pruning; ptp / ptp-rl: post-training "
+                        "pruning (without / with RL recovery; --init-from the fully trained model); none: no pruning")
+    b.add_argument("--ratio", type=float, default=0.5, help="fraction of the prunable parameters to remove")
+    b.add_argument("--shares", type=int, default=4)
+    b.add_argument("--sft-shares", type=int, default=2, help="sft-rl: shares pruned during SFT")
+    b.add_argument("--sft-steps", type=int, default=300)
+    b.add_argument("--rl-steps", type=int, default=100)
+    b.add_argument("--reference-spec", help="arch_spec.json of the dense reference (default: the input model's)")
+    b.add_argument("--importance", default="taylor", choices=["taylor", "magnitude", "random"])
+    b.add_argument("--scope", default="local", choices=["local", "global"])
+    b.add_argument("--head-mode", default="query", choices=["query", "group"])
+    b.add_argument("--keep-first", type=int, default=1)
+    b.add_argument("--keep-last", type=int, default=1)
+    b.add_argument("--round-to", type=int, default=8)
+    b.add_argument("--batch-size", type=int, default=16)
+    b.add_argument("--sft-lr", type=float, default=1e-3)
+    b.add_argument("--sft-warmup", type=int, default=20)
+    b.add_argument("--mpc-examples", type=int, default=3000)
+    b.add_argument("--decision-per-instruction", type=int, default=200)
+    b.add_argument("--jitter", type=float, default=0.03)
+    b.add_argument("--prompts-per-step", type=int, default=4)
+    b.add_argument("--group-size", type=int, default=6)
+    b.add_argument("--rl-lr", type=float, default=1e-4)
+    b.add_argument("--temperature", type=float, default=1.0)
+    b.add_argument("--kl-coef", type=float, default=0.0)
+    b.add_argument("--workers", type=int, default=2, help="local reward worker processes (0: in-process)")
+    b.add_argument("--ray", help="score rewards on a Ray cluster: auto or an address")
+    b.add_argument("--oracle-table", default=str(DEFAULT_ORACLE_TABLE))
+    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--threads", type=int, default=0)
+    b.set_defaults(func=cmd_bpf)
     c = sub.add_parser("card", help="write the model card from training and evaluation results")
     c.add_argument("--model", required=True)
     c.add_argument("--eval", help="edge-eval --json report")

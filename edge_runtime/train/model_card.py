@@ -19,6 +19,31 @@ def _table(adapt: dict, oracle: dict | None) -> list[str]:
     return lines
 
 
+def _bpf_stage_lines(i: int, st: dict) -> list[str]:
+    """A pruning / RL stage (``edge-train bpf``): schedule, budget, every prune, the RL rewards."""
+    r, g = st["recipe"], st["grpo"]
+    lines = [f"Stage {i}: `{st['command']}`", "",
+             f"- seed {st['seed']}; initialised from `{st['init_from']}`; schedule `{r['schedule']}`"
+             + (f", ratio {r['ratio']} of the prunable parameters ({st['reference_prunable']:,} in the dense "
+                f"reference) in {r['shares']} shares" if r["schedule"] != "none" else " (no pruning)"),
+             f"- budget: SFT continuation {r['sft_steps']} steps (lr {st['sft_optim']['lr']}, batch "
+             f"{st['sft_optim']['batch_size']}), GRPO {r['rl_steps']} steps ({g['prompts_per_step']} prompts x "
+             f"{g['group_size']} completions, lr {g['lr']}, temperature {g['temperature']}, KL {g['kl_coef']}); "
+             f"rewards from closed-loop rollouts on the training track",
+             f"- pruning: importance `{st['prune']['importance']}`, scope `{st['prune']['scope']}`, heads "
+             f"`{st['prune']['head_mode']}`, layers kept dense: first {st['prune']['keep_first']}, last "
+             f"{st['prune']['keep_last']}, MLP widths rounded to {st['prune']['round_to']}"]
+    for rep in st.get("prune_reports") or []:
+        lines.append(f"  - {rep['phase']} step {rep['step']}: target {rep['target']:.3f}, achieved "
+                     f"{rep['achieved_ratio']:.3f}; {rep['params_before']:,} -> {rep['params_after']:,} parameters")
+    rl = st.get("rl_history") or {}
+    if rl:
+        lines.append("- GRPO: " + ", ".join(f"{k} {v:.3f}" for k, v in rl.items() if isinstance(v, float)))
+    lines += [f"- parameters {st['parameters']:,} ({st['whole_model_reduction']:.1%} fewer than the dense "
+              f"reference's {st['reference_parameters']:,}); wall time {st['wall_time_s'] / 60:.1f} min", ""]
+    return lines
+
+
 def write_model_card(model_dir: Path, eval_report: Path | None) -> Path:
     summary = json.loads((model_dir / "train_summary.json").read_text())
     size = (model_dir / "model.safetensors").stat().st_size
@@ -43,6 +68,9 @@ def write_model_card(model_dir: Path, eval_report: Path | None) -> Path:
         "",
     ]
     for i, st in enumerate(stages, start=1):
+        if st.get("kind") == "bpf":
+            lines += _bpf_stage_lines(i, st)
+            continue
         hist = st["history"]
         lines += [
             f"Stage {i}: `{st['command']}`",

@@ -1,0 +1,97 @@
+"""BPF schedules: where the shares fall, what each schedule prunes in which phase, bad configs."""
+
+from __future__ import annotations
+
+import pytest
+
+from edge_runtime.train.bpf import RecipeConfig, share_steps
+
+
+def test_share_steps_are_even_and_leave_recovery():
+    assert share_steps(100, 4) == [20, 40, 60, 80]
+    assert share_steps(10, 2) == [3, 7]
+    assert share_steps(50, 0) == []
+    steps = share_steps(5, 5)
+    assert steps == sorted(set(steps)) and steps[-1] <= 5 and len(steps) == 5
+    with pytest.raises(ValueError):
+        share_steps(3, 4)
+
+
+@pytest.mark.parametrize("schedule, sft, rl", [
+    ("rl", [], [0.125, 0.25, 0.375, 0.5]),
+    ("sft-rl", [0.125, 0.25], [0.375, 0.5]),
+    ("sft", [0.125, 0.25, 0.375, 0.5], []),
+    ("ptp", [], []),
+    ("ptp-rl", [], []),
+])
+def test_phase_targets_are_cumulative_equal_shares(schedule, sft, rl):
+    cfg = RecipeConfig(schedule=schedule, ratio=0.5, shares=4, sft_shares=2, sft_steps=20, rl_steps=10)
+    assert cfg.phase_targets() == (sft, rl)
+
+
+def test_post_training_schedules_skip_sft():
+    assert RecipeConfig(schedule="ptp", ratio=0.25, sft_steps=300, rl_steps=100).sft_steps == 0
+    assert RecipeConfig(schedule="ptp", ratio=0.25, rl_steps=100).rl_steps == 0
+    assert RecipeConfig(schedule="ptp-rl", ratio=0.25, rl_steps=100).rl_steps == 100
+
+
+@pytest.mark.parametrize("kwargs, field", [
+    ({"schedule": "bogus"}, "schedule"),
+    ({"schedule": "rl", "ratio": 1.0}, "ratio"),
+    ({"schedule": "none", "ratio": 0.5}, "ratio"),
+    ({"schedule": "rl", "shares": 0}, "shares"),
+    ({"schedule": "sft-rl", "shares": 4, "sft_shares": 4}, "sft_shares"),
+    ({"schedule": "sft", "sft_steps": 2, "shares": 4}, "sft_steps"),
+    ({"schedule": "rl", "rl_steps": 0}, "rl_steps"),
+])
+def test_bad_recipe_names_the_field(kwargs, field):
+    with pytest.raises(ValueError, match=field):
+        RecipeConfig(**kwargs)
+
+
+def test_sft_rl_recipe_prunes_in_both_phases_and_keeps_training(tmp_path):
+    """BPF-SFT/RL end to end on the shipped dense model, a few steps per phase: one share pruned
+    during SFT, one during GRPO (rewards from simulator rollouts), the model physically smaller,
+    GQA intact, every phase logged."""
+    import dataclasses
+    from pathlib import Path
+
+    import torch
+
+    from edge_runtime.model.io import load_model
+    from edge_runtime.model.spec import spec_from_model
+    from edge_runtime.model.tokenizer import load_tokenizer
+    from edge_runtime.prune import PruneConfig, prunable_parameters
+    from edge_runtime.tasks.oracle_table import OracleTable
+    from edge_runtime.train.bpf import run_recipe
+    from edge_runtime.train.cli import DEFAULT_ORACLE_TABLE
+    from edge_runtime.train.grpo import GRPOConfig
+    from edge_runtime.train.rewards import LocalRewardPool
+    from edge_runtime.train.sft import OptimConfig
+    from edge_runtime.train.sft_data import SFTDataConfig
+
+    torch.set_num_threads(1)
+    dense = Path(__file__).resolve().parent.parent / "models" / "dense"
+    model, spec = load_model(dense)
+    tok = load_tokenizer(dense / "tokenizer.json")
+    before = {n: p.detach().clone() for n, p in model.named_parameters() if "layers.0." in n}
+    recipe = RecipeConfig(schedule="sft-rl", ratio=0.5, shares=2, sft_shares=1, sft_steps=3, rl_steps=2, seed=0)
+    cfg = PruneConfig()
+    result = run_recipe(model, tok, spec, recipe, tmp_path, table=OracleTable.load(DEFAULT_ORACLE_TABLE),
+                        sft_optim=OptimConfig(steps=3, batch_size=4, lr=1e-3, warmup_steps=1, eval_every=0),
+                        sft_data=SFTDataConfig(mpc_examples=16, decision_per_instruction=2),
+                        grpo_config=GRPOConfig(steps=2, prompts_per_step=2, group_size=2, max_new_tokens=64,
+                                               decision_fraction=0.0, decision_pool_per_instruction=2),
+                        reward_pool=LocalRewardPool(0), prune_config=cfg, log=lambda _: None,
+                        calibration_batch_count=1)
+    assert [(r["phase"], r["step"]) for r in result.reports] == [("sft", 2), ("rl", 1)]
+    after = spec_from_model(result.model)
+    assert after.layers[0] == spec.layers[0] and after.layers[-1] == spec.layers[-1]  # kept dense
+    achieved = 1 - prunable_parameters(after, cfg) / prunable_parameters(spec, cfg)
+    assert abs(achieved - 0.5) < 0.02
+    assert all(layer.num_q_heads % layer.num_kv_heads == 0 for layer in after.layers)
+    assert result.sft_history["steps"] == 3 and result.rl_history is not None
+    assert (tmp_path / "sft" / "metrics.jsonl").exists() and (tmp_path / "rl" / "metrics.jsonl").exists()
+    changed = any(not torch.equal(before[n], p) for n, p in result.model.named_parameters() if n in before)
+    assert changed, "training did not continue after the prunes"
+    assert dataclasses.asdict(recipe)["sft_steps"] == 3
