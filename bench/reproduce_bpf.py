@@ -59,25 +59,47 @@ def run(cmd: list[str], log: Path) -> None:
 def train(name: str, schedule: str, init: Path, ratio: float, seed: int, args, out_root: Path,
           reference_spec: Path) -> Path:
     out = out_root / "models" / f"{name}-s{seed}"
-    if (out / "train_summary.json").exists():
-        print(f"reusing {out}")
+    if not claim(out):
         return out
     cmd = [str(BIN / "edge-train"), "bpf", "--init-from", str(init), "--out", str(out), "--schedule", schedule,
            "--ratio", str(ratio), "--shares", str(args.shares), "--sft-shares", str(args.shares // 2),
            "--sft-steps", str(args.sft_steps), "--rl-steps", str(args.rl_steps), "--seed", str(seed),
            "--reference-spec", str(reference_spec), "--workers", str(args.workers), "--threads", str(args.threads),
            *args.extra]
-    (out_root / "logs").mkdir(parents=True, exist_ok=True)
-    run(cmd, out_root / "logs" / f"{name}-s{seed}.log")
+    try:
+        run(cmd, out_root / "logs" / f"{name}-s{seed}.log")
+    finally:
+        out.with_name(out.name + ".lock").unlink(missing_ok=True)
     return out
+
+
+def claim(out: Path) -> bool:
+    """True when this process should produce ``out``; False when it exists (reused) or another
+    report process is producing it (then wait for it), so several report processes can share the
+    work of one report on a multi-core machine."""
+    summary, lock = out / "train_summary.json", out.with_name(out.name + ".lock")
+    while True:
+        if summary.exists():
+            print(f"reusing {out}")
+            return False
+        try:
+            lock.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            os.write(fd, str(os.getpid()).encode())
+            os.close(fd)
+            return True
+        except FileExistsError:
+            time.sleep(10)  # another process trains it; its lock goes when it finishes (or fails)
 
 
 def evaluate(model: Path, out_root: Path, split: str) -> dict:
     path = out_root / "eval" / f"{model.name}-{split}.json"
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
-        cmd = [str(BIN / "edge-eval"), "--model", str(model), "--task", "both", "--split", split, "--json", str(path)]
-        run(cmd, out_root / "logs" / f"eval-{model.name}-{split}.log")
+        tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp")
+        cmd = [str(BIN / "edge-eval"), "--model", str(model), "--task", "both", "--split", split, "--json", str(tmp)]
+        run(cmd, out_root / "logs" / f"eval-{model.name}-{split}.{os.getpid()}.log")
+        os.replace(tmp, path)
     return json.loads(path.read_text())
 
 

@@ -226,6 +226,21 @@ def _example_inputs(spec: ArchSpec, dtype: torch.dtype, batch: int = 2, seq: int
     return (ids, mask, pos, *pasts)
 
 
+def save_with_metadata(proto, metadata: dict[str, str], tmp: Path, dst: Path) -> None:
+    """Replace ``proto``'s metadata by ``metadata``, check the graph, write it to ``tmp`` and move it
+    onto ``dst`` in one rename, so a reader never sees a half-written or metadata-less file."""
+    import onnx
+
+    del proto.metadata_props[:]
+    for key, value in metadata.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
+    proto.producer_name = "edge_runtime"
+    onnx.checker.check_model(proto)
+    onnx.save(proto, str(tmp))
+    os.replace(tmp, dst)
+
+
 def export_onnx(model_dir: str | os.PathLike, out_path: str | os.PathLike, dtype: str = "fp32",
                 opset: int = 17) -> Path:
     """Export ``model_dir`` (written by edge_runtime.model.io.save_model, with tokenizer.json) to
@@ -270,14 +285,7 @@ def export_onnx(model_dir: str | os.PathLike, out_path: str | os.PathLike, dtype
                 torch.onnx.export(wrapper, example, str(raw), dynamo=False, input_names=ins, output_names=outs,
                                   dynamic_axes=dynamic_axes, opset_version=opset, do_constant_folding=True)
             proto = onnx.load(str(raw))
-        del proto.metadata_props[:]
-        for key, value in metadata.items():
-            entry = proto.metadata_props.add()
-            entry.key, entry.value = key, value
-        proto.producer_name = "edge_runtime"
-        onnx.checker.check_model(proto)
-        onnx.save(proto, str(tmp))
-        os.replace(tmp, out_path)
+        save_with_metadata(proto, metadata, tmp, out_path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

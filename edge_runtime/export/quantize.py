@@ -219,6 +219,8 @@ def quantize_onnx(src: str | os.PathLike, dst: str | os.PathLike, config: Quanti
     import onnx
     import onnxruntime as ort
 
+    from .onnx_export import save_with_metadata
+
     if isinstance(config, str):
         config = QuantizeConfig(config)
     src, dst = Path(src), Path(dst)
@@ -267,14 +269,7 @@ def quantize_onnx(src: str | os.PathLike, dst: str | os.PathLike, config: Quanti
             raise QuantizeError(f"{src}: expected {len(names)} quantized MatMuls, the {config.method} quantizer made "
                                 f"{quantized_ops}")
         record = {**config.describe(), "quantized_matmuls": len(names), "onnxruntime": ort.__version__}
-        del out.metadata_props[:]
-        for key, value in {**props, QUANTIZATION_KEY: json.dumps(record)}.items():
-            entry = out.metadata_props.add()
-            entry.key, entry.value = key, value
-        out.producer_name = "edge_runtime"
-        onnx.checker.check_model(out)
-        onnx.save(out, str(tmp))
-        os.replace(tmp, dst)
+        save_with_metadata(out, {**props, QUANTIZATION_KEY: json.dumps(record)}, tmp, dst)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
