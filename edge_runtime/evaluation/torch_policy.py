@@ -7,7 +7,20 @@ from typing import Sequence
 
 import torch
 
+from ..model.tokenizer import special_ids
 from .policy import Generation
+
+
+def left_pad(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token ids and attention mask of a batch padded on the left, so that every row ends where
+    generation starts (what batched ``generate`` needs)."""
+    width = max(map(len, rows))
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for j, seq in enumerate(rows):
+        ids[j, width - len(seq):] = torch.tensor(seq, dtype=torch.long)
+        mask[j, width - len(seq):] = 1
+    return ids, mask
 
 
 class TorchPolicy:
@@ -18,8 +31,7 @@ class TorchPolicy:
         self.name = name
         self.weights_path = Path(weights_path) if weights_path else None
         self.batch_size = batch_size
-        self.eos_id = tokenizer.token_to_id("<|endoftext|>")
-        self.pad_id = tokenizer.token_to_id("<|pad|>")
+        self.eos_id, self.pad_id = special_ids(tokenizer)
 
     @classmethod
     def from_dir(cls, path: str | Path, batch_size: int = 16) -> "TorchPolicy":
@@ -43,12 +55,8 @@ class TorchPolicy:
         device = next(self.model.parameters()).device
         for i in range(0, len(prompts), self.batch_size):
             chunk = [self.tokenizer.encode(p).ids for p in prompts[i:i + self.batch_size]]
-            width = max(map(len, chunk))
-            ids = torch.full((len(chunk), width), self.pad_id, dtype=torch.long)
-            mask = torch.zeros_like(ids)
-            for j, seq in enumerate(chunk):  # left padding: every row ends where generation starts
-                ids[j, width - len(seq):] = torch.tensor(seq)
-                mask[j, width - len(seq):] = 1
+            ids, mask = left_pad(chunk, self.pad_id)
+            width = ids.shape[1]
             gen = self.model.generate(input_ids=ids.to(device), attention_mask=mask.to(device),
                                       max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=self.eos_id,
                                       pad_token_id=self.pad_id)

@@ -38,6 +38,7 @@ from ..tasks.instructions import training_phrasings
 from ..tasks.prompts import PromptContext, build_decision_prompt, build_mpc_prompt
 
 __all__ = [
+    "special_ids",
     "EOS_TOKEN", "BOS_TOKEN", "PAD_TOKEN", "ANSWER_TOKENS", "TOKENIZER_FILE", "task_corpus",
     "train_tokenizer", "save_tokenizer", "load_tokenizer", "as_hf_tokenizer", "token_counts",
 ]
@@ -62,6 +63,15 @@ _REASONS: dict[Category, tuple[str, ...]] = {
     Category.RACING_LINE: ("Racing line: lower the centre line weight and drive faster.",
                            "Race: small safety margin, high lateral acceleration."),
 }
+
+
+def special_ids(tok: Tokenizer) -> tuple[int, int]:
+    """(EOS id, pad id): generation stops at EOS and batches are padded with pad, so a tokenizer
+    without both cannot train or generate here."""
+    eos, pad = tok.token_to_id(EOS_TOKEN), tok.token_to_id(PAD_TOKEN)
+    if eos is None or pad is None:
+        raise ValueError(f"tokenizer needs the {EOS_TOKEN} and {PAD_TOKEN} tokens")
+    return eos, pad
 
 
 def task_corpus(seed: int = 0, mpc_draws: int = 3, decision_per_instruction: int = 20) -> list[str]:

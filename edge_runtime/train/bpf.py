@@ -149,8 +149,9 @@ def calibration_batches(tokenizer, table, n_batches: int = 4, batch_size: int = 
     examples = build_sft_examples(table, SFTDataConfig(mpc_examples=n_batches * batch_size,
                                                        decision_per_instruction=max(2, n_batches * batch_size // 16),
                                                        seed=seed))[: n_batches * batch_size]
-    eos = tokenizer.token_to_id("<|endoftext|>")
-    pad = tokenizer.token_to_id("<|pad|>")
+    from ..model.tokenizer import special_ids
+
+    eos, pad = special_ids(tokenizer)
     encoded = encode_examples(examples, tokenizer, eos, max_length=768)
     return [collate(encoded[i:i + batch_size], pad, __import__("torch").device("cpu"))
             for i in range(0, len(encoded), batch_size)]

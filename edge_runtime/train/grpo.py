@@ -43,6 +43,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ..evaluation.torch_policy import left_pad
+from ..model.tokenizer import special_ids
 from ..tasks.decision import DecisionExample, generate_decision_dataset
 from ..tasks.instructions import (
     SPEED_RANGE,
@@ -256,10 +258,7 @@ class GRPOTrainer:
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.model = model.to(self.device)
         self.tokenizer = tokenizer
-        self.eos_id = tokenizer.token_to_id("<|endoftext|>")
-        self.pad_id = tokenizer.token_to_id("<|pad|>")
-        if self.eos_id is None or self.pad_id is None:
-            raise ValueError("tokenizer needs <|endoftext|> and <|pad|> tokens")
+        self.eos_id, self.pad_id = special_ids(tokenizer)
         self.reward_pool = reward_pool
         self.hooks = list(hooks)
         self.ref_model = None
@@ -283,12 +282,8 @@ class GRPOTrainer:
         cfg = self.cfg
         encoded = [self.tokenizer.encode(p).ids for p in prompts]
         rows = [ids for ids in encoded for _ in range(cfg.group_size)]
-        width = max(map(len, rows))
-        ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        for j, seq in enumerate(rows):  # left padding: every row ends where generation starts
-            ids[j, width - len(seq):] = torch.tensor(seq)
-            mask[j, width - len(seq):] = 1
+        ids, mask = left_pad(rows, self.pad_id)
+        width = ids.shape[1]
         was_training = self.model.training
         self.model.eval()
         out = self.model.generate(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),

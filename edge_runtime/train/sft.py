@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ..model.tokenizer import special_ids
 from .sft_data import SFTExample
 
 
@@ -146,10 +147,7 @@ class SFTTrainer:
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.model = model.to(self.device)
         self.tokenizer = tokenizer
-        self.eos_id = tokenizer.token_to_id("<|endoftext|>")
-        self.pad_id = tokenizer.token_to_id("<|pad|>")
-        if self.eos_id is None or self.pad_id is None:
-            raise ValueError("tokenizer needs <|endoftext|> and <|pad|> tokens")
+        self.eos_id, self.pad_id = special_ids(tokenizer)
         self.train_data = encode_examples(train, tokenizer, self.eos_id, cfg.max_length)
         self.eval_data = encode_examples(eval_examples, tokenizer, self.eos_id, cfg.max_length)
         if not self.train_data:
