@@ -95,3 +95,35 @@ def test_sft_rl_recipe_prunes_in_both_phases_and_keeps_training(tmp_path):
     changed = any(not torch.equal(before[n], p) for n, p in result.model.named_parameters() if n in before)
     assert changed, "training did not continue after the prunes"
     assert dataclasses.asdict(recipe)["sft_steps"] == 3
+
+
+def test_model_card_lists_every_stage_and_prune(tmp_path):
+    """The card of a pruned model: the SFT stage it came from, the BPF stage with every prune, the
+    held-out scores and the person-written notes."""
+    import json
+
+    from edge_runtime.train.model_card import write_model_card
+
+    optim = {"steps": 10, "batch_size": 4, "lr": 1e-3, "warmup_steps": 1, "grad_clip": 1.0}
+    sft = {"command": "edge-train sft --out d", "seed": 0, "preset": "qwen2-1m", "init_from": None,
+           "data": {"mpc_examples": 8, "jitter": 0.03, "decision_per_instruction": 2}, "oracle_table": "o.json",
+           "history": {"optim": optim, "first_loss": 6.0, "last_loss": 0.2, "eval_loss": 0.3}, "wall_time_s": 60.0,
+           "parameters": 100, "device": "cpu", "threads": 1, "torch": "2.x"}
+    report = {"phase": "rl", "step": 5, "target": 0.5, "achieved_ratio": 0.49, "params_before": 100, "params_after": 80}
+    bpf = {"kind": "bpf", "command": "edge-train bpf --schedule sft-rl", "seed": 0, "init_from": "d",
+           "recipe": RecipeConfig(schedule="sft-rl", ratio=0.5, sft_steps=10, rl_steps=6).__dict__,
+           "grpo": {"prompts_per_step": 2, "group_size": 4, "lr": 1e-4, "temperature": 1.0, "kl_coef": 0.0},
+           "sft_optim": optim, "prune": {"importance": "taylor", "scope": "local", "head_mode": "query",
+                                          "keep_first": 1, "keep_last": 1, "round_to": 8},
+           "prune_reports": [report], "rl_history": {"mean_reward": 0.25}, "parameters": 80,
+           "reference_parameters": 100, "reference_prunable": 40, "whole_model_reduction": 0.2,
+           "wall_time_s": 30.0, "device": "cpu", "threads": 1, "torch": "2.x", "init_summary": sft}
+    (tmp_path / "train_summary.json").write_text(json.dumps(bpf))
+    (tmp_path / "model.safetensors").write_bytes(b"\0" * 2048)
+    notes = tmp_path / "notes.md"
+    notes.write_text("Pruned on a tiny budget.")
+    text = write_model_card(tmp_path, None, notes).read_text()
+    assert "Stage 1: `edge-train sft --out d`" in text and "Stage 2: `edge-train bpf --schedule sft-rl`" in text
+    assert "rl step 5: target 0.500, achieved 0.490; 100 -> 80 parameters" in text
+    assert "20.0% fewer than the dense reference" in text and "1.5 min" in text
+    assert text.rstrip().endswith("Pruned on a tiny budget.")

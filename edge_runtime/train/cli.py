@@ -173,7 +173,8 @@ def cmd_bpf(args: argparse.Namespace) -> int:
 def cmd_card(args: argparse.Namespace) -> int:
     from .model_card import write_model_card
 
-    path = write_model_card(Path(args.model), Path(args.eval) if args.eval else None)
+    path = write_model_card(Path(args.model), Path(args.eval) if args.eval else None,
+                            Path(args.notes) if args.notes else None)
     print(f"model card written to {path}")
     return 0
 
@@ -240,6 +241,7 @@ def main(argv: list[str] | None = None) -> int:
     c = sub.add_parser("card", help="write the model card from training and evaluation results")
     c.add_argument("--model", required=True)
     c.add_argument("--eval", help="edge-eval --json report")
+    c.add_argument("--notes", help="a Markdown file appended as the card's Notes section (limitations, provenance)")
     c.set_defaults(func=cmd_card)
     args = ap.parse_args(argv)
     args.argv = list(argv if argv is not None else sys.argv[1:])

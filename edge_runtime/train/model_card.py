@@ -44,7 +44,9 @@ def _bpf_stage_lines(i: int, st: dict) -> list[str]:
     return lines
 
 
-def write_model_card(model_dir: Path, eval_report: Path | None) -> Path:
+def write_model_card(model_dir: Path, eval_report: Path | None, notes: Path | None = None) -> Path:
+    """README.md of ``model_dir`` from its training files and ``eval_report``; ``notes`` (Markdown,
+    written by a person: limitations, provenance) is appended as its own section."""
     summary = json.loads((model_dir / "train_summary.json").read_text())
     size = (model_dir / "model.safetensors").stat().st_size
     stages = []
@@ -64,7 +66,7 @@ def write_model_card(model_dir: Path, eval_report: Path | None) -> Path:
         "",
         f"- parameters: {summary['parameters']:,}; weights: {size / 2**20:.2f} MiB (safetensors, fp32)",
         f"- total wall time {sum(st['wall_time_s'] for st in stages) / 60:.1f} min on {summary['device']} "
-        f"({summary['threads']} threads, torch {summary['torch']})",
+        f"({summary['threads']} thread{'s' if summary['threads'] != 1 else ''}, torch {summary['torch']})",
         "",
     ]
     for i, st in enumerate(stages, start=1):
@@ -108,6 +110,8 @@ def write_model_card(model_dir: Path, eval_report: Path | None) -> Path:
                          f"(track `{d['track']}`); parse failures {d['parse_failures'] or 0}")
         lines += ["", f"Reproduce the scores: `edge-eval --model {model_dir} --task both --split heldout "
                       f"--json {eval_report.name}`", ""]
+    if notes is not None:
+        lines += ["## Notes", "", notes.read_text().strip(), ""]
     path = model_dir / "README.md"
     path.write_text("\n".join(lines) + "\n")
     return path
