@@ -262,19 +262,23 @@ def main(argv: list[str] | None = None) -> int:
               f"{r['adaptability']:+.3f}, decision {r['decision_accuracy']:.1%}", flush=True)
 
     scored("dense-sft", 0.0, 0, dense_dir)
+    post_training = ("ptp", "ptp-rl")  # they prune the trained dense result, so they come after it
     for seed in args.seeds:
+        def method_runs(methods: list[str], init: Path) -> None:
+            for ratio in args.ratios:
+                for method in methods:
+                    model = train(f"{method}-{int(round(ratio * 100))}", SCHEDULE_OF[method], init, ratio, seed,
+                                  args, out_root, ref_spec)
+                    scored(method, ratio, seed, model)
+
+        method_runs([m for m in args.methods if m not in post_training], dense_dir)
         dense_rl = train("dense", "none", dense_dir, 0.0, seed, args, out_root, ref_spec)
         scored("dense", 0.0, seed, dense_rl)
         if args.small_dense:
             small = train("small-dense", "none", Path(args.small_dense), 0.0, seed, args, out_root,
                           Path(args.small_dense) / "arch_spec.json")
             scored("small-dense", 0.0, seed, small)
-        for ratio in args.ratios:
-            for method in args.methods:
-                init = dense_rl if method in ("ptp", "ptp-rl") else dense_dir
-                model = train(f"{method}-{int(round(ratio * 100))}", SCHEDULE_OF[method], init, ratio, seed, args,
-                              out_root, ref_spec)
-                scored(method, ratio, seed, model)
+        method_runs([m for m in args.methods if m in post_training], dense_rl)
     dense_rows = [r for r in rows if r["method"] == "dense"]
     dense = {"parameters": statistics.mean(r["parameters"] for r in dense_rows),
              "adaptability": statistics.mean(r["adaptability"] for r in dense_rows)}

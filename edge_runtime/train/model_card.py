@@ -29,18 +29,20 @@ def _bpf_stage_lines(i: int, st: dict) -> list[str]:
              f"- budget: SFT continuation {r['sft_steps']} steps (lr {st['sft_optim']['lr']}, batch "
              f"{st['sft_optim']['batch_size']}), GRPO {r['rl_steps']} steps ({g['prompts_per_step']} prompts x "
              f"{g['group_size']} completions, lr {g['lr']}, temperature {g['temperature']}, KL {g['kl_coef']}); "
-             f"rewards from closed-loop rollouts on the training track",
-             f"- pruning: importance `{st['prune']['importance']}`, scope `{st['prune']['scope']}`, heads "
-             f"`{st['prune']['head_mode']}`, layers kept dense: first {st['prune']['keep_first']}, last "
-             f"{st['prune']['keep_last']}, MLP widths rounded to {st['prune']['round_to']}"]
+             f"rewards from closed-loop rollouts on the training track"]
+    if r["schedule"] != "none":
+        lines += [f"- pruning: importance `{st['prune']['importance']}`, scope `{st['prune']['scope']}`, heads "
+                  f"`{st['prune']['head_mode']}`, layers kept dense: first {st['prune']['keep_first']}, last "
+                  f"{st['prune']['keep_last']}, MLP widths rounded to {st['prune']['round_to']}"]
     for rep in st.get("prune_reports") or []:
         lines.append(f"  - {rep['phase']} step {rep['step']}: target {rep['target']:.3f}, achieved "
                      f"{rep['achieved_ratio']:.3f}; {rep['params_before']:,} -> {rep['params_after']:,} parameters")
     rl = st.get("rl_history") or {}
     if rl:
         lines.append("- GRPO: " + ", ".join(f"{k} {v:.3f}" for k, v in rl.items() if isinstance(v, float)))
-    lines += [f"- parameters {st['parameters']:,} ({st['whole_model_reduction']:.1%} fewer than the dense "
-              f"reference's {st['reference_parameters']:,}); wall time {st['wall_time_s'] / 60:.1f} min", ""]
+    size = (f" ({st['whole_model_reduction']:.1%} fewer than the dense reference's {st['reference_parameters']:,})"
+            if r["schedule"] != "none" else "")
+    lines += [f"- parameters {st['parameters']:,}{size}; wall time {st['wall_time_s'] / 60:.1f} min", ""]
     return lines
 
 
