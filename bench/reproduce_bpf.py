@@ -57,8 +57,10 @@ def run(cmd: list[str], log: Path) -> None:
 
 
 def train(name: str, schedule: str, init: Path, ratio: float, seed: int, args, out_root: Path,
-          reference_spec: Path) -> Path:
+          reference_spec: Path) -> Path | None:
     out = out_root / "models" / f"{name}-s{seed}"
+    if args.report_only:
+        return out if (out / "train_summary.json").exists() else None
     if not claim(out):
         return out
     cmd = [str(BIN / "edge-train"), "bpf", "--init-from", str(init), "--out", str(out), "--schedule", schedule,
@@ -149,7 +151,8 @@ def aggregate(rows: list[dict], dense: dict[str, float]) -> list[dict]:
                  "lost_pp": lost_pp, "removed_per_lost_pp": tradeoff(removed, lost_pp),
                  "fraction_of_dense": adapt / dense["adaptability"] if dense["adaptability"] > 0 else None}
         if any("adaptability_seen_phrasings" in r for r in rs):
-            entry["adaptability_seen_phrasings"] = stat("adaptability_seen_phrasings")[0]
+            entry["adaptability_seen_phrasings"], entry["adaptability_seen_phrasings_sd"] = \
+                stat("adaptability_seen_phrasings")
         table.append(entry)
     order = {m: i for i, m in enumerate(("dense-sft", "dense", *METHODS_PER_RATIO, "small-dense"))}
     return sorted(table, key=lambda e: (e["ratio"], order.get(e["method"], 99)))
@@ -160,13 +163,16 @@ def markdown(table: list[dict], verdict: list[str], meta: dict) -> str:
              f"Held-out phrasings on the held-out track `hairpin`; seeds {meta['seeds']}; SFT continuation "
              f"{meta['sft_steps']} steps, GRPO {meta['rl_steps']} steps, {meta['shares']} pruning shares. "
              "Ratio = fraction of the prunable parameters removed; the reduction column is the whole model's.", "",
-             "| method | ratio | params | whole-model reduction | adaptability (sd) | decision acc | parse fail | "
-             "lost pp vs dense | removed / lost pp |", "|---|---|---|---|---|---|---|---|---|"]
+             "| method | ratio | seeds | params | whole-model reduction | held-out adaptability (sd) | decision acc | "
+             "parse fail | lost pp vs dense | removed / lost pp | seen phrasings adaptability |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for e in table:
         per = "no loss (unbounded)" if e["removed_per_lost_pp"] is None else f"{e['removed_per_lost_pp']:,.0f}"
-        lines.append(f"| {e['method']} | {e['ratio']:.2f} | {e['parameters']:,.0f} | {e['whole_model_reduction']:.1%} | "
-                     f"{e['adaptability']:+.3f} ({e['adaptability_sd']:.3f}) | {e['decision_accuracy']:.1%} | "
-                     f"{e['parse_failure_rate']:.1%} | {e['lost_pp']:+.1f} | {per} |")
+        seen = e.get("adaptability_seen_phrasings")
+        lines.append(f"| {e['method']} | {e['ratio']:.2f} | {e['seeds']} | {e['parameters']:,.0f} | "
+                     f"{e['whole_model_reduction']:.1%} | {e['adaptability']:+.3f} ({e['adaptability_sd']:.3f}) | "
+                     f"{e['decision_accuracy']:.1%} | {e['parse_failure_rate']:.1%} | {e['lost_pp']:+.1f} | {per} | "
+                     + ("" if seen is None else f"{seen:+.3f}") + " |")
     lines += ["", "## Verdict", "", *[f"- {v}" for v in verdict], ""]
     return "\n".join(lines)
 
@@ -189,6 +195,15 @@ def verdicts(table: list[dict], dense: dict[str, float]) -> list[str]:
                 better = bpf["adaptability"] > o["adaptability"]
                 out.append(f"  vs {other} at {ratio:.0%}: {bpf['adaptability']:+.3f} vs {o['adaptability']:+.3f} "
                            f"({'BPF-SFT/RL better' if better else 'BPF-SFT/RL NOT better'})")
+    seen_dense = dense.get("adaptability_seen_phrasings")
+    if seen_dense:
+        for e in (e for e in table if e["method"] != "dense" and e.get("adaptability_seen_phrasings") is not None):
+            seen = e["adaptability_seen_phrasings"]
+            lost = 100.0 * (seen_dense - seen)
+            per = tradeoff(dense["parameters"] - e["parameters"], lost)
+            out.append(f"seen phrasings (supplement): {e['method']} {e['ratio']:.0%}: {seen:+.3f} vs dense "
+                       f"{seen_dense:+.3f} = {seen / seen_dense:.1%} of dense; removed per lost pp "
+                       + ("no loss" if per is None else f"{per:,.0f}"))
     small = [e for e in table if e["method"] == "small-dense"]
     bpfs = [e for e in table if e["method"] == "bpf-sft-rl"]
     for s in small:
@@ -242,6 +257,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=1, help="torch threads per run (1 is fastest on a busy 2-core box)")
     ap.add_argument("--splits", nargs="+", default=["heldout"], choices=["heldout", "train"],
                     help="heldout always; train adds the seen phrasings (on the held-out track) as a supplement")
+    ap.add_argument("--report-only", action="store_true",
+                    help="train nothing: report the finished runs (missing seeds / methods are left out)")
     ap.add_argument("--extra", nargs=argparse.REMAINDER, default=[], help="more edge-train bpf flags (last)")
     ap.add_argument("--out", default="bench/results/bpf")
     args = ap.parse_args(argv)
@@ -255,7 +272,9 @@ def main(argv: list[str] | None = None) -> int:
     started = time.time()
     rows = []
 
-    def scored(method: str, ratio: float, seed: int, model: Path) -> None:
+    def scored(method: str, ratio: float, seed: int, model: Path | None) -> None:
+        if model is None:  # --report-only and this run was not trained
+            return
         rows.append(row(method, ratio, seed, model, {s: evaluate(model, out_root, s) for s in splits}))
         r = rows[-1]
         print(f"  {method:11s} ratio {ratio:.2f} seed {seed}: {r['parameters']:,} params, adaptability "
@@ -278,10 +297,13 @@ def main(argv: list[str] | None = None) -> int:
             small = train("small-dense", "none", Path(args.small_dense), 0.0, seed, args, out_root,
                           Path(args.small_dense) / "arch_spec.json")
             scored("small-dense", 0.0, seed, small)
-        method_runs([m for m in args.methods if m in post_training], dense_rl)
+        if dense_rl is not None:
+            method_runs([m for m in args.methods if m in post_training], dense_rl)
     dense_rows = [r for r in rows if r["method"] == "dense"]
     dense = {"parameters": statistics.mean(r["parameters"] for r in dense_rows),
              "adaptability": statistics.mean(r["adaptability"] for r in dense_rows)}
+    if all("adaptability_seen_phrasings" in r for r in dense_rows):
+        dense["adaptability_seen_phrasings"] = statistics.mean(r["adaptability_seen_phrasings"] for r in dense_rows)
     table = aggregate(rows, dense)
     verdict = verdicts(table, dense)
     meta = {"date": time.strftime("%Y-%m-%d"), "seeds": args.seeds, "sft_steps": args.sft_steps,
