@@ -3,7 +3,7 @@
 Why our own loop instead of TRL's SFTTrainer: the pruning recipes remove attention heads and MLP
 channels *during* training, which replaces Linear modules and therefore invalidates the
 optimizer's parameter references and moment buffers. Here the optimizer is an attribute that a
-structural change (``StepHook`` returning True) rebuilds -- with pruning slicing its state -- and
+structural change (``StepHook`` returning True) rebuilds -- fresh moments for the new tensors -- and
 the data, schedule and logging stay in one readable file. AdamW, linear warm-up then cosine
 decay, gradient clipping, seeded everything, tqdm progress, metrics as JSON lines, checkpoints
 as safetensors model directories.
