@@ -32,7 +32,7 @@ from edge_runtime.runtime.generator import (
 )
 from edge_runtime.tasks.instructions import instruction_set
 from edge_runtime.tasks.prompts import build_mpc_prompt
-from onnx_fixtures import build_tiny_model_dir
+from onnx_fixtures import build_tiny_model_dir, with_metadata
 
 torch.set_num_threads(1)
 REPO = Path(__file__).resolve().parents[1]
@@ -104,18 +104,6 @@ def test_result_counts_and_timings(generator):
     assert result.text == generator.decode(result.token_ids)
 
 
-def _with_metadata(src: Path, dst: Path, edit) -> Path:
-    proto = onnx.load(str(src))
-    props = {p.key: p.value for p in proto.metadata_props}
-    edit(props)
-    del proto.metadata_props[:]
-    for key, value in props.items():
-        entry = proto.metadata_props.add()
-        entry.key, entry.value = key, value
-    onnx.save(proto, str(dst))
-    return dst
-
-
 def test_stops_at_eos_from_metadata(generator, onnx_path, tmp_path):
     """Make the 4th greedy token the file's EOS: generation stops on it, counts it, drops it from the text."""
     prompt = prompts(1)[0]
@@ -128,7 +116,7 @@ def test_stops_at_eos_from_metadata(generator, onnx_path, tmp_path):
         generation["eos_id"] = stop
         props["edge_runtime.generation"] = json.dumps(generation)
 
-    g = OnnxGenerator(_with_metadata(onnx_path, tmp_path / "eos.onnx", set_eos), threads=1)
+    g = OnnxGenerator(with_metadata(onnx_path, tmp_path / "eos.onnx", set_eos), threads=1)
     result = g.generate(prompt, 12)
     assert result.stopped_at_eos
     assert result.token_ids == free.token_ids[: first + 1]
@@ -190,19 +178,19 @@ def test_missing_file(tmp_path):
 @pytest.mark.parametrize("field", ["edge_runtime.tokenizer", "edge_runtime.arch_spec", "edge_runtime.generation"])
 def test_missing_metadata_field(onnx_path, tmp_path, field):
     assert field in REQUIRED_METADATA
-    path = _with_metadata(onnx_path, tmp_path / "nometa.onnx", lambda props: props.pop(field))
+    path = with_metadata(onnx_path, tmp_path / "nometa.onnx", lambda props: props.pop(field))
     with pytest.raises(ModelLoadError) as exc:
         OnnxGenerator(path)
     _assert_one_line(exc, str(path), field)
 
 
 def test_invalid_metadata_json_and_version(onnx_path, tmp_path):
-    path = _with_metadata(onnx_path, tmp_path / "badjson.onnx",
+    path = with_metadata(onnx_path, tmp_path / "badjson.onnx",
                           lambda props: props.__setitem__("edge_runtime.arch_spec", "{not json"))
     with pytest.raises(ModelLoadError) as exc:
         OnnxGenerator(path)
     _assert_one_line(exc, "edge_runtime.arch_spec", "JSON")
-    path = _with_metadata(onnx_path, tmp_path / "v9.onnx",
+    path = with_metadata(onnx_path, tmp_path / "v9.onnx",
                           lambda props: props.__setitem__("edge_runtime.format_version", "9"))
     with pytest.raises(ModelLoadError) as exc:
         OnnxGenerator(path)
