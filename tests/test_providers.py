@@ -297,6 +297,10 @@ def test_builder_refuses_quantized_files_and_bad_input(tmp_path, capsys):
     quant = metadata_only_onnx(tmp_path / "q.onnx", extra={"edge_runtime.quantization": json.dumps({"kind": "int4"})})
     assert main([str(quant), "--dry-run"]) == 2
     assert "int4" in capsys.readouterr().err
+    shared = metadata_only_onnx(tmp_path / "s.onnx",
+                                extra={"edge_runtime.kv_cache": json.dumps({"layout": "shared", "capacity": 64})})
+    assert main([str(shared), "--dry-run"]) == 2
+    assert "--kv-cache concat" in capsys.readouterr().err
     assert main([str(tmp_path / "missing.onnx"), "--dry-run"]) == 2
     assert "not found" in capsys.readouterr().err
     assert main([str(quant), "--seq", "1,2"]) == 2

@@ -3,6 +3,12 @@
     edge-export models/pruned -o models/pruned.onnx [--dtype fp16] [--parity-prompts 8]
     edge-export models/pruned -o models/pruned-int8.onnx --quantize int8 [--int8-method weight-only]
     edge-export models/pruned -o models/pruned-int4.onnx --quantize int4 [--block-size 32]
+    edge-export models/pruned -o models/pruned.onnx --kv-cache concat   (the traced graph)
+
+KV cache layout (``--kv-cache``, default auto): fp32 graphs and their quantized variants get the
+shared, preallocated cache (``edge_runtime.export.shared_cache_graph``: updated in place, nothing
+reallocated per token); fp16 graphs, and models the shared graph does not support, get the traced
+graph whose cache grows by concatenation.
 
 The graph is written to a temp file next to OUT (with ``--quantize``: the fp32 graph, then its
 quantized copy -- ``edge_runtime.export.quantize``), parity is checked on held-out MPC prompts (the
@@ -49,7 +55,13 @@ def build_parser() -> argparse.ArgumentParser:
                         "weight-only (8-bit MatMulNBits, float activations: closer logits, slower on CPU)")
     p.add_argument("--block-size", type=int, default=32,
                    help="MatMulNBits block size along K: 16, 32 (default), 64, 128 or 256")
-    p.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
+    p.add_argument("--kv-cache", default="auto",
+                   help="KV cache layout: shared (one preallocated buffer per layer, updated in place; fp32 and "
+                        "its quantized variants), concat (traced graph, cache grows per token; any dtype) or "
+                        "auto (default: shared where supported, else concat)")
+    p.add_argument("--kv-capacity", type=int, default=1024,
+                   help="positions in the shared KV cache: prompt + generated tokens (default 1024)")
+    p.add_argument("--opset", type=int, default=17, help="ONNX opset of the traced (concat) graph (default 17)")
     p.add_argument("--parity-prompts", type=int, default=8, help="held-out MPC prompts for the parity check (default 8)")
     p.add_argument("--decision-prompts", type=int, default=2, help="held-out decision prompts for the parity check (default 2)")
     p.add_argument("--max-new-tokens", type=int, default=None,
@@ -124,6 +136,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail("--max-new-tokens must be >= 1")
     if args.threads < 1:
         return _fail("--threads must be >= 1")
+    if args.kv_cache not in ("auto", "shared", "concat"):
+        return _fail(f"--kv-cache must be one of auto, shared, concat, got {args.kv_cache!r}")
+    if args.kv_capacity < 2:
+        return _fail("--kv-capacity must be >= 2")
+    if args.kv_cache == "shared" and args.dtype != "fp32":
+        return _fail(f"--kv-cache shared is float32 only (quantized variants included); use --kv-cache concat "
+                     f"for --dtype {args.dtype}")
 
     import torch
 
@@ -132,8 +151,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .onnx_export import GENERATION_DEFAULTS, ExportError, export_onnx
     from .parity import check_parity
     from .quantize import QuantizeConfig, QuantizeError, quantize_onnx
+    from .shared_cache_graph import check_supported
 
     torch.set_num_threads(args.threads)
+    layout = args.kv_cache
+    if layout != "concat":
+        try:
+            from ..model.spec import ArchSpec
+            reason = "the graph dtype is fp16" if args.dtype != "fp32" else check_supported(
+                ArchSpec.load(model_dir / "arch_spec.json"), args.kv_capacity)
+        except (ArchSpecError, FileNotFoundError, OSError) as exc:
+            return _fail(exc)
+        if reason and layout == "shared":
+            return _fail(f"--kv-cache shared: {reason}; use --kv-cache concat")
+        layout = "concat" if reason else "shared"
+    kv = dict(kv_cache=layout, capacity=args.kv_capacity if layout == "shared" else None)
     out.parent.mkdir(parents=True, exist_ok=True)
     tag = uuid.uuid4().hex[:8]
     tmp = out.with_name(f".{out.stem}.export-{tag}.onnx")
@@ -143,9 +175,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         t0 = time.perf_counter()
         try:
             if args.quantize is None:
-                export_onnx(model_dir, tmp, dtype=args.dtype, opset=args.opset)
+                export_onnx(model_dir, tmp, dtype=args.dtype, opset=args.opset, **kv)
             else:
-                export_onnx(model_dir, tmp_fp32, dtype="fp32", opset=args.opset)
+                export_onnx(model_dir, tmp_fp32, dtype="fp32", opset=args.opset, **kv)
                 config = QuantizeConfig(args.quantize, int8_method=args.int8_method, block_size=args.block_size)
                 quant = quantize_onnx(tmp_fp32, tmp, config)
         except (ExportError, QuantizeError, ModelFormatError, ArchSpecError, FileNotFoundError) as exc:
@@ -160,7 +192,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         t_parity = time.perf_counter() - t1
         size = tmp.stat().st_size
         variant = args.dtype if quant is None else f"{args.quantize} {quant.config.method}"
-        print(f"edge-export {model_dir} -> {out} ({variant}, opset {args.opset})")
+        cache = f"shared KV cache, capacity {args.kv_capacity}" if layout == "shared" else f"concat KV cache, opset {args.opset}"
+        print(f"edge-export {model_dir} -> {out} ({variant}, {cache})")
         print(f"  size               {size / 2**20:.2f} MiB ({size:,} bytes)")
         if quant is not None:
             print(f"  quantized          {len(quant.quantized)} MatMul weights; {100 * quant.ratio:.0f}% of the fp32 "

@@ -48,6 +48,9 @@ silenced here). Should a torch release drop it, switch ``export_onnx`` to ``dyna
     edge_runtime.generation       JSON {"eos_id", "pad_id", "max_new_tokens": {"mpc", "decision"}, "greedy"}
     edge_runtime.source_sha256    sha256 of the source model.safetensors
     edge_runtime.dtype            "fp32" | "fp16" (the graph dtype, see above)
+    edge_runtime.kv_cache         optional JSON {"layout": "shared", "capacity": N} for the
+                                  shared-cache graph (``shared_cache_graph``); absent = this traced,
+                                  concatenating layout
 
 (a tokenizer of a few thousand tokens is well under 1 MB, so no sidecar file is needed).
 The file is written atomically (temp file next to it, then ``os.replace``). Weights are stored
@@ -242,25 +245,46 @@ def save_with_metadata(proto, metadata: dict[str, str], tmp: Path, dst: Path) ->
 
 
 def export_onnx(model_dir: str | os.PathLike, out_path: str | os.PathLike, dtype: str = "fp32",
-                opset: int = 17) -> Path:
+                opset: int = 17, kv_cache: str = "concat", capacity: int | None = None) -> Path:
     """Export ``model_dir`` (written by edge_runtime.model.io.save_model, with tokenizer.json) to
     ``out_path``: one KV-cache decoder graph with the metadata above. Returns ``out_path``.
+
+    ``kv_cache="concat"``: the traced graph above (pasts grow by concatenation; any dtype).
+    ``kv_cache="shared"``: the written graph of ``shared_cache_graph`` (one preallocated cache
+    buffer of ``capacity`` positions per layer, updated in place; fp32 only; ``opset`` ignored).
 
     Does not run the parity check: callers do (``edge_runtime.export.parity.check_parity``; the
     ``edge-export`` CLI always does)."""
     import onnx
 
     from ..model.io import load_model
+    from .shared_cache_graph import DEFAULT_CAPACITY, LAYOUT_CONCAT, LAYOUT_SHARED, build_shared_cache_graph
 
     if dtype not in DTYPES:
         raise ExportError(f"unknown dtype {dtype!r}; use one of {', '.join(DTYPES)}")
     if isinstance(opset, bool) or not isinstance(opset, int) or opset < 14:
         raise ExportError(f"opset must be an integer >= 14, got {opset!r}")
+    if kv_cache not in (LAYOUT_CONCAT, LAYOUT_SHARED):
+        raise ExportError(f"unknown kv_cache layout {kv_cache!r}; use {LAYOUT_SHARED!r} or {LAYOUT_CONCAT!r}")
+    if kv_cache == LAYOUT_SHARED and dtype != "fp32":
+        raise ExportError(f"the shared KV cache graph is float32 only; export {dtype} with kv_cache='concat'")
     model_dir, out_path = Path(model_dir), Path(out_path)
     _, sha, tokenizer_json = _source_files(model_dir)
     model, spec = load_model(model_dir, dtype=DTYPES[dtype])
     model.config._attn_implementation = "eager"
     metadata = build_metadata(spec, tokenizer_json, sha, dtype)
+    if kv_cache == LAYOUT_SHARED:
+        capacity = DEFAULT_CAPACITY if capacity is None else capacity
+        metadata[META + "kv_cache"] = json.dumps({"layout": LAYOUT_SHARED, "capacity": capacity})
+        proto = build_shared_cache_graph(model, spec, capacity)
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out_path.with_name(f".{out_path.name}.tmp-{uuid.uuid4().hex[:8]}")
+        try:
+            save_with_metadata(proto, metadata, tmp, out_path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        return out_path
     wrapper = DecoderWithCache(model, spec.num_layers).eval()
     ins, outs = input_names(spec), output_names(spec)
     dynamic_axes: dict[str, dict[int, str]] = {

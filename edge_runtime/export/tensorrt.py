@@ -119,6 +119,9 @@ def _check_buildable(meta: dict[str, str], path: Path) -> None:
         kind = json.loads(meta["edge_runtime.quantization"]).get("kind", "?")
         raise ValueError(f"{path}: an {kind} file (ONNX Runtime quantization ops) cannot be built with TensorRT; "
                          "build from the fp32 or fp16 export and use --fp16")
+    if '"shared"' in meta.get("edge_runtime.kv_cache", ""):
+        raise ValueError(f"{path}: has the shared KV cache graph (ONNX Runtime's GroupQueryAttention, not a "
+                         "TensorRT layer); export for TensorRT with edge-export --kv-cache concat")
 
 
 def _build_python_api(trt, onnx_path: Path, engine_path: Path, spec: ArchSpec, profile: ShapeProfile,

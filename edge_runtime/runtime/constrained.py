@@ -283,6 +283,7 @@ def generate_constrained(gen: OnnxGenerator, prompt: str, max_new_tokens: int,
     ids = gen.encode(prompt)
     if not ids:
         raise ValueError("the prompt encodes to zero tokens; give a non-empty prompt")
+    gen.check_fits(len(ids), max_new_tokens)
     state = constraint.grammar.start if constraint is not None else None
     budget_ok = constraint is None or constraint.grammar.cost(state) <= max_new_tokens
     out: list[int] = []

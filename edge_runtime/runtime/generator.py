@@ -11,11 +11,18 @@ Decoding, one prompt at a time (batch 1, the on-vehicle case):
 3. greedy loop: argmax of the last logits, then one token through the graph with the previous
    ``present.*`` outputs fed back as ``past_key_values.*``; stop at EOS or ``max_new_tokens``.
 
-KV cache handling: the pasts are bound through ONNX Runtime's IOBinding as the OrtValues the
-previous step returned, on the device the provider runs on (no host round trip on CUDA, no copy
-on CPU). The graph's Concat makes each present one token longer than its past, so every step
-allocates the new cache tensors once -- nothing else is copied or reallocated per token. Only
-the logits come back to host memory.
+KV cache handling, by the file's layout (metadata ``edge_runtime.kv_cache``):
+
+* ``shared`` (``edge_export.shared_cache_graph``): one ``[1, kv_heads_i, capacity, head_dim]``
+  buffer per layer and kind, allocated once per generator on the provider's device and bound
+  through IOBinding as both the past input and the present output; the graph writes the new
+  entries in place. Nothing is allocated or copied per token. A prompt plus its generated tokens
+  must fit ``capacity`` (ValueError before the run otherwise).
+* ``concat`` (traced graph; files without the key): the pasts are bound as the OrtValues the
+  previous step returned (no host round trip, no copy on the way in), but the graph's Concat
+  makes each present one token longer than its past, so every step allocates the cache anew.
+
+Only the logits come back to host memory.
 
 Timing (``GenerationResult``): ``time_to_first_token_s`` runs from the call to the first token
 being known (tokenization + prefill + argmax); ``decode_times_s`` holds one entry per further
@@ -221,9 +228,17 @@ class OnnxGenerator:
         self.eos_id = int(self.generation["eos_id"])
         pad = self.generation.get("pad_id")
         self.pad_id = int(pad) if pad is not None else None
+        layout = _json_field(path, meta, "kv_cache") if META + "kv_cache" in meta else {"layout": "concat"}
+        if not isinstance(layout, dict) or layout.get("layout") not in ("concat", "shared") or (
+                layout["layout"] == "shared" and not (isinstance(layout.get("capacity"), int) and layout["capacity"] > 1)):
+            raise ModelLoadError(f"{path}: metadata field '{META}kv_cache' must be {{\"layout\": \"concat\"}} or "
+                                 f"{{\"layout\": \"shared\", \"capacity\": N}}, got {_one_line(layout, 80)}")
+        self.kv_layout: str = layout["layout"]
+        self.kv_capacity: int | None = layout.get("capacity") if self.kv_layout == "shared" else None
         self._check_graph()
         gpu = next((p for p in self.providers if p in _GPU_PROVIDERS), None)
         self._device = "cuda" if gpu else "cpu"
+        self._kv_buffers: list[ort.OrtValue] | None = None  # shared layout: allocated on first use
 
     # ------------------------------------------------------------------ graph
     def _check_graph(self) -> None:
@@ -246,11 +261,23 @@ class OnnxGenerator:
         self.kv_dtype = _NP_DTYPES[first.type]
         for i, (_, kv, _, hd) in enumerate(self.spec.kv_cache_shapes(1, 0)):
             shape = inputs[f"past_key_values.{i}.key"].shape
-            if len(shape) != 4 or shape[1] != kv or shape[3] != hd:
+            seq_ok = self.kv_capacity is None or shape[2] == self.kv_capacity
+            if len(shape) != 4 or shape[1] != kv or shape[3] != hd or not seq_ok:
+                seq = "past_seq" if self.kv_capacity is None else str(self.kv_capacity)
                 raise ModelLoadError(f"{self.path}: past_key_values.{i}.key has shape {shape}, the arch_spec "
-                                     f"says [batch, {kv}, past_seq, {hd}]")
+                                     f"and kv_cache metadata say [batch, {kv}, {seq}, {hd}]")
 
     def _empty_past(self) -> list[ort.OrtValue]:
+        """The cache to start a sequence with: empty pasts (concat), or the generator's buffers
+        (shared: positions beyond the sequence are never read, so they need no clearing)."""
+        if self.kv_layout == "shared":
+            if self._kv_buffers is None:
+                self._kv_buffers = []
+                for (b, kv, _, hd) in self.spec.kv_cache_shapes(1, 0):
+                    for _kind in ("key", "value"):
+                        self._kv_buffers.append(ort.OrtValue.ortvalue_from_shape_and_type(
+                            [b, kv, self.kv_capacity, hd], self.kv_dtype, self._device, 0))
+            return self._kv_buffers
         values = []
         for (b, kv, p, hd) in self.spec.kv_cache_shapes(1, 0):
             empty = np.zeros((b, kv, p, hd), dtype=self.kv_dtype)
@@ -261,6 +288,10 @@ class OnnxGenerator:
     def _run(self, ids: Sequence[int], start: int, past: list[ort.OrtValue]) -> tuple[np.ndarray, list[ort.OrtValue]]:
         """One graph run for tokens ``ids`` at positions start.. with ``past`` (length ``start``)."""
         n = len(ids)
+        shared = self.kv_layout == "shared"
+        if shared and start + n > self.kv_capacity:
+            raise ValueError(f"{self.path.name}: {start + n} tokens exceed the KV cache capacity {self.kv_capacity}; "
+                             f"shorten the prompt or re-export with a larger --kv-capacity")
         # The arrays stay referenced until the run is over (IOBinding does not own host buffers).
         input_ids = np.asarray([ids], dtype=np.int64)
         mask = np.ones((1, start + n), dtype=np.int64)
@@ -272,13 +303,24 @@ class OnnxGenerator:
         for name, value in zip(self._past_names, past):
             binding.bind_ortvalue_input(name, value)
         binding.bind_output("logits", "cpu")
-        for name in self._present_names:
-            binding.bind_output(name, self._device)
+        for name, value in zip(self._present_names, past):
+            if shared:  # the same buffer: the graph appends in place
+                binding.bind_ortvalue_output(name, value)
+            else:
+                binding.bind_output(name, self._device)
         self.session.run_with_iobinding(binding)
         outputs = binding.get_outputs()
-        return outputs[0].numpy(), list(outputs[1:])
+        return outputs[0].numpy(), (past if shared else list(outputs[1:]))
 
     # ---------------------------------------------------------------- public
+    def check_fits(self, prompt_tokens: int, max_new_tokens: int) -> None:
+        """ValueError when a prompt of ``prompt_tokens`` plus ``max_new_tokens`` cannot fit the
+        shared KV cache (the last token is never fed back, hence the -1); no-op for concat files."""
+        if self.kv_capacity is not None and prompt_tokens + max_new_tokens - 1 > self.kv_capacity:
+            raise ValueError(f"{self.path.name}: a {prompt_tokens}-token prompt plus {max_new_tokens} new tokens "
+                             f"exceed the KV cache capacity {self.kv_capacity}; shorten the prompt, lower "
+                             f"max_new_tokens or re-export with a larger --kv-capacity")
+
     def encode(self, prompt: str) -> list[int]:
         return self.tokenizer.encode(prompt).ids
 
@@ -325,6 +367,7 @@ class OnnxGenerator:
         ids = self.encode(prompt)
         if not ids:
             raise ValueError("the prompt encodes to zero tokens; give a non-empty prompt")
+        self.check_fits(len(ids), int(max_new_tokens))
         logits, past = self._run(ids, 0, self._empty_past())
         token = int(np.argmax(logits[0, -1]))
         out = [token]
