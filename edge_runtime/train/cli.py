@@ -46,7 +46,8 @@ def cmd_sft(args: argparse.Namespace) -> int:
     seed_everything(args.seed)
     table = OracleTable.load(args.oracle_table)
     data_cfg = SFTDataConfig(mpc_examples=args.mpc_examples, decision_per_instruction=args.decision_per_instruction,
-                             jitter=args.jitter, seed=args.seed)
+                             jitter=args.jitter, seed=args.seed, synonym_rate=args.synonym_rate,
+                             distractor_fraction=args.distractor_fraction, lexicon=args.lexicon)
     print(f"building SFT data ({data_cfg.mpc_examples} MPC, {8 * data_cfg.decision_per_instruction} decision)...")
     train = build_sft_examples(table, data_cfg)
     held = build_sft_examples(table, SFTDataConfig(mpc_examples=40, decision_per_instruction=6, seed=args.seed + 1))
@@ -58,7 +59,10 @@ def cmd_sft(args: argparse.Namespace) -> int:
             shutil.copyfile(previous, work / "metrics.jsonl")
     else:
         print(f"training the tokenizer (vocab {args.vocab_size})...")
-        tokenizer = train_tokenizer(task_corpus(seed=args.seed), vocab_size=args.vocab_size)
+        # the instructions as trained (synonyms, distractor words) join the corpus, so that the
+        # words the augmentation brings in get tokens of their own
+        extra = [ex.instruction for ex in train] if data_cfg.augmented else []
+        tokenizer = train_tokenizer(task_corpus(seed=args.seed) + extra, vocab_size=args.vocab_size)
         overrides = {k: v for k, v in (("num_layers", args.num_layers),
                                        ("intermediate_size", args.intermediate_size)) if v}
         spec = preset_spec(args.preset, vocab_size=tokenizer.get_vocab_size(), **overrides)
@@ -199,6 +203,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--mpc-examples", type=int, default=3000)
     p.add_argument("--decision-per-instruction", type=int, default=200)
     p.add_argument("--jitter", type=float, default=0.03)
+    p.add_argument("--synonym-rate", type=float, default=0.0,
+                   help="replace each content word of a phrasing by a WordNet synonym with this probability")
+    p.add_argument("--distractor-fraction", type=float, default=0.0,
+                   help="share of MPC examples whose instruction names no category (answer: the defaults)")
+    p.add_argument("--lexicon", default=None, help="lexicon JSON (default: the one shipped with the package)")
     p.add_argument("--eval-every", type=int, default=250)
     p.add_argument("--checkpoint-every", type=int, default=0)
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")

@@ -7,6 +7,11 @@ parameter's range, Gaussian), clipped into range, and never touches the speed bo
 reference-velocity or reverse instruction pins down, nor the parameters the oracle left at their
 defaults. Answers list only the parameters that differ from the defaults (the rest default). Decision task: the balanced, seeded dataset
 of ``edge_runtime.tasks.decision`` with train phrasings on the train track.
+
+Optional lexical augmentation (``edge_runtime.train.lexicon``; off by default): WordNet synonym
+substitution in the phrasings of both tasks (``synonym_rate``), and a share of MPC examples
+(``distractor_fraction``) whose instruction names no category and whose answer is the default
+parameter set -- so that a model which does not understand an instruction keeps the defaults.
 """
 
 from __future__ import annotations
@@ -15,13 +20,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..control.params import PARAM_SPECS, MPCParams
+from ..control.params import DEFAULT_PARAMS, PARAM_SPECS, MPCParams
 from ..tasks.answers import format_decision_answer, format_mpc_answer
 from ..tasks.behaviours import StateHistory
 from ..tasks.decision import DEFAULT_THRESHOLDS, DecisionInstruction, LabelThresholds, generate_decision_dataset
 from ..tasks.instructions import SPEED_RANGE, Category, Instruction, make_instruction, training_phrasings
 from ..tasks.oracle_table import OracleTable
 from ..tasks.prompts import build_decision_prompt, build_mpc_prompt, history_stats
+from .lexicon import Lexicon, distractor_phrasing, load_lexicon, substitute_synonyms
 
 
 @dataclass(frozen=True)
@@ -29,7 +35,12 @@ class SFTExample:
     task: str  # "mpc" | "decision"
     prompt: str
     answer: str
-    category: str  # instruction category (mpc) or decision instruction value
+    category: str  # instruction category (mpc; "unknown" for a distractor) or decision instruction value
+    instruction: str = ""  # the instruction text inside the prompt (the tokenizer corpus takes it)
+
+
+UNKNOWN_CATEGORY = "unknown"
+UNKNOWN_REASON = "Reason: no driving instruction I know, keep the defaults."
 
 
 @dataclass(frozen=True)
@@ -38,6 +49,9 @@ class SFTDataConfig:
     decision_per_instruction: int = 200  # even; half True, half False
     jitter: float = 0.03  # Gaussian sigma as a fraction of each parameter's range
     seed: int = 0
+    synonym_rate: float = 0.0  # probability of replacing each content word by a WordNet synonym
+    distractor_fraction: float = 0.0  # share of MPC examples with no category, answered with the defaults
+    lexicon: str | None = None  # lexicon JSON; None = the one shipped with the package
 
     def __post_init__(self) -> None:
         if self.mpc_examples < 0 or self.decision_per_instruction < 0:
@@ -46,6 +60,14 @@ class SFTDataConfig:
             raise ValueError("SFTDataConfig.decision_per_instruction must be even (balanced labels)")
         if not 0 <= self.jitter <= 0.5:
             raise ValueError("SFTDataConfig.jitter must be in [0, 0.5]")
+        if not 0 <= self.synonym_rate <= 1:
+            raise ValueError("SFTDataConfig.synonym_rate must be in [0, 1]")
+        if not 0 <= self.distractor_fraction < 1:
+            raise ValueError("SFTDataConfig.distractor_fraction must be in [0, 1)")
+
+    @property
+    def augmented(self) -> bool:
+        return self.synonym_rate > 0 or self.distractor_fraction > 0
 
 
 _PINNED = {Category.REFERENCE_VELOCITY: ("v_max",), Category.REVERSE: ("v_max", "v_min")}
@@ -100,19 +122,36 @@ def wrap_phrasing(phrase: str, rng: np.random.Generator, probability: float = 0.
     return _WRAPPERS[int(rng.integers(len(_WRAPPERS)))].format(lc=lc, uc=core)
 
 
-def mpc_examples(table: OracleTable, n: int, jitter: float, rng: np.random.Generator) -> list[SFTExample]:
+def mpc_examples(table: OracleTable, n: int, jitter: float, rng: np.random.Generator,
+                 lexicon: Lexicon | None = None, synonym_rate: float = 0.0,
+                 distractor_fraction: float = 0.0) -> list[SFTExample]:
     categories = list(Category)
     out = []
     for i in range(n):
+        if distractor_fraction > 0 and rng.random() < distractor_fraction:
+            out.append(distractor_example(lexicon, rng))
+            continue
         category = categories[i % len(categories)]
         options = training_phrasings(category)
         phrase = options[int(rng.integers(len(options)))]
+        if lexicon is not None:
+            phrase = substitute_synonyms(phrase, lexicon, rng, synonym_rate)
         speed = round(float(rng.uniform(*SPEED_RANGE)), 1) if category is Category.REFERENCE_VELOCITY else None
         ins = make_instruction(category, wrap_phrasing(phrase, rng), speed)
         params = jitter_params(table.params_for(ins), category, rng, jitter)
         out.append(SFTExample("mpc", build_mpc_prompt(ins.text), format_mpc_answer(params, reasoning_for(ins), only_changed=True),
-                              category.value))
+                              category.value, ins.text))
     return out
+
+
+def distractor_example(lexicon: Lexicon, rng: np.random.Generator) -> SFTExample:
+    """An instruction shaped like a training phrasing of a speed-free category, with every
+    category-bearing word replaced by a random common word; the answer keeps the defaults."""
+    category = (Category.CENTRELINE, Category.REVERSE, Category.SMOOTH, Category.RACING_LINE)[int(rng.integers(4))]
+    options = training_phrasings(category)
+    text = wrap_phrasing(distractor_phrasing(options[int(rng.integers(len(options)))], lexicon, rng), rng)
+    return SFTExample("mpc", build_mpc_prompt(text), format_mpc_answer(DEFAULT_PARAMS, UNKNOWN_REASON, only_changed=True),
+                      UNKNOWN_CATEGORY, text)
 
 
 def decision_reasoning(history: StateHistory, instruction: DecisionInstruction,
@@ -142,20 +181,28 @@ def decision_reasoning(history: StateHistory, instruction: DecisionInstruction,
     }[instruction]
 
 
-def decision_examples(n_per_instruction: int, seed: int) -> list[SFTExample]:
+def decision_examples(n_per_instruction: int, seed: int, lexicon: Lexicon | None = None,
+                      synonym_rate: float = 0.0) -> list[SFTExample]:
     if n_per_instruction == 0:
         return []
     data = generate_decision_dataset(n_per_instruction=n_per_instruction, split="train", seed=seed)
     rng = np.random.default_rng(seed + 7)
-    return [SFTExample("decision", build_decision_prompt(ex.history, wrap_phrasing(ex.phrasing, rng)),
-                       decision_reasoning(ex.history, ex.instruction) + "\n" + format_decision_answer(ex.label),
-                       ex.instruction.value) for ex in data]
+    out = []
+    for ex in data:
+        phrase = substitute_synonyms(ex.phrasing, lexicon, rng, synonym_rate) if lexicon is not None else ex.phrasing
+        text = wrap_phrasing(phrase, rng)
+        out.append(SFTExample("decision", build_decision_prompt(ex.history, text),
+                              decision_reasoning(ex.history, ex.instruction) + "\n" + format_decision_answer(ex.label),
+                              ex.instruction.value, text))
+    return out
 
 
 def build_sft_examples(table: OracleTable, config: SFTDataConfig) -> list[SFTExample]:
     """All SFT examples, shuffled with the config's seed."""
     rng = np.random.default_rng(config.seed)
-    examples = mpc_examples(table, config.mpc_examples, config.jitter, rng)
-    examples += decision_examples(config.decision_per_instruction, config.seed)
+    lexicon = load_lexicon(config.lexicon) if config.augmented else None
+    examples = mpc_examples(table, config.mpc_examples, config.jitter, rng, lexicon, config.synonym_rate,
+                            config.distractor_fraction)
+    examples += decision_examples(config.decision_per_instruction, config.seed, lexicon, config.synonym_rate)
     order = rng.permutation(len(examples))
     return [examples[i] for i in order]
