@@ -67,6 +67,20 @@ def test_oracle_config_validation():
         OracleConfig(method="grid")
     with pytest.raises(ValueError, match="budget"):
         OracleConfig(budget=1)
+    with pytest.raises(ValueError, match="stall_margin"):
+        OracleConfig(stall_margin=0.9)
+
+
+def test_stall_margin_keeps_the_search_away_from_the_stall_threshold():
+    """With margin m the search rejects runs slower than m x the threshold; the result is still
+    scored with the evaluation's own threshold."""
+    from edge_runtime.tasks.closed_loop import rollout
+
+    ins = INSTRUCTIONS[3]  # smooth: slow driving is what the metric rewards
+    res = search(ins, SHORT, OracleConfig(method="random", budget=12, popsize=6, seed=3, workers=1, stall_margin=2.0))
+    traj, _ = rollout(res.best.params, SHORT)
+    assert traj.progress / traj.duration >= 2.0 * SHORT.min_progress_speed or res.best.params == DEFAULT_PARAMS
+    assert res.best.default_error == evaluate(DEFAULT_PARAMS, ins, SHORT).default_error
 
 
 def test_simplify_resets_what_the_instruction_does_not_need():

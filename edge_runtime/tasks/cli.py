@@ -41,7 +41,7 @@ def _eval_config(args: argparse.Namespace) -> EvalConfig:
 
 def _oracle_config(args: argparse.Namespace) -> OracleConfig:
     return OracleConfig(method=args.method, budget=args.budget, popsize=args.popsize, seed=args.seed,
-                        workers=args.workers)
+                        workers=args.workers, stall_margin=args.stall_margin)
 
 
 def _print_result(result: EvalResult, label: str) -> None:
@@ -137,6 +137,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--popsize", type=int, default=OracleConfig.popsize)
         p.add_argument("--seed", type=int, default=0)
         p.add_argument("--workers", type=int, default=2, help="parallel worker processes for the oracle")
+        p.add_argument("--stall-margin", type=float, default=1.0,
+                       help="the oracle's search counts runs below this x the progress threshold as stalled")
 
     p_eval = sub.add_parser("eval", help="closed-loop score of a parameter set on one instruction")
     add_common(p_eval)
@@ -157,6 +159,9 @@ def build_parser() -> argparse.ArgumentParser:
     p_tab.add_argument("--popsize", type=int, default=OracleConfig.popsize)
     p_tab.add_argument("--seed", type=int, default=0)
     p_tab.add_argument("--workers", type=int, default=2)
+    p_tab.add_argument("--stall-margin", type=float, default=1.0,
+                       help="the search counts runs below this x the progress threshold as stalled "
+                            "(1.5 for oracle_oval_v2.json)")
     p_tab.set_defaults(func=cmd_oracle_table)
     sub.add_parser("tracks", help="list the built-in tracks").set_defaults(func=cmd_tracks)
     sub.add_parser("params", help="print the parameter table").set_defaults(func=cmd_params)

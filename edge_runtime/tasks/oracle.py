@@ -9,6 +9,7 @@ workers (each evaluation is deterministic and the search only sees the ordered r
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -31,7 +32,12 @@ class OracleConfig:
     seed: int = 0
     workers: int = 2
     simplify_tolerance: float = 0.02  # relative error a reset-to-default may cost; < 0 disables
-
+    # The search counts a run as stalled below stall_margin x the evaluation's progress threshold.
+    # Why: a fixed-window metric can be gamed by crawling -- on `oval` the racing-line optimum with
+    # margin 1 was a_max = 0.1 (the car covers only the first straight, where the racing line is the
+    # centre line), a label that stalls on any other track. The result is still scored with the
+    # evaluation's own threshold.
+    stall_margin: float = 1.0
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -44,6 +50,8 @@ class OracleConfig:
             raise ValueError("OracleConfig.workers must be >= 1")
         if self.simplify_tolerance > 0.5:
             raise ValueError("OracleConfig.simplify_tolerance must be <= 0.5 (a fraction of the error)")
+        if not 1.0 <= self.stall_margin <= 5.0:
+            raise ValueError("OracleConfig.stall_margin must be in [1, 5]")
 
 
 @dataclass(frozen=True)
@@ -82,8 +90,9 @@ class _Evaluator:
 def search(instruction: Instruction, eval_config: EvalConfig | None = None,
            config: OracleConfig | None = None) -> OracleResult:
     """Best parameter set found for ``instruction`` within the evaluation budget."""
-    eval_config = eval_config or EvalConfig()
+    final_config = eval_config or EvalConfig()
     cfg = config or OracleConfig()
+    eval_config = dataclasses.replace(final_config, min_progress_speed=final_config.min_progress_speed * cfg.stall_margin)
     evaluator = _Evaluator(cfg.workers)
     x0 = DEFAULT_PARAMS.to_unit_vector()
     best_u, best_f = list(x0), math.inf
@@ -128,7 +137,7 @@ def search(instruction: Instruction, eval_config: EvalConfig | None = None,
     if cfg.simplify_tolerance >= 0:
         best_params, extra = simplify(best_params, best_f, instruction, eval_config, cfg.simplify_tolerance)
         used += extra
-    return OracleResult(instruction=instruction, best=evaluate(best_params, instruction, eval_config),
+    return OracleResult(instruction=instruction, best=evaluate(best_params, instruction, final_config),
                         evaluations=used, history=tuple(history))
 
 

@@ -23,7 +23,7 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-DEFAULT_ORACLE_TABLE = Path(__file__).resolve().parent.parent / "tasks" / "data" / "oracle_oval.json"
+DEFAULT_ORACLE_TABLE = Path(__file__).resolve().parent.parent / "tasks" / "data" / "oracle_oval_v2.json"
 
 
 def cmd_sft(args: argparse.Namespace) -> int:
