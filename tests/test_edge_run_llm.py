@@ -231,6 +231,7 @@ def test_edge_run_script_writes_complete_log(tiny_onnx, tmp_path, capsys):
     assert summary["llm_blocking"] is True and summary["log_records"] == 83
     s = summary["llm"]
     assert s["generations"] == 3 and s["worker_stopped"] is True
+    assert s["dtype"] == "fp32" and s["kv_cache"]["layout"] in ("concat", "shared")
     assert s["failure_count"] == sum(r["status"] == "parse_failure" for r in llm) == sum(s["failures"].values())
     assert all(s[k]["count"] > 0 and s[k]["p99"] > 0 for k in ("time_to_first_token", "total"))
     windows = summary["windows"]

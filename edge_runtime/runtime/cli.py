@@ -315,7 +315,8 @@ def main(argv: list[str] | None = None) -> int:
         adaptability = _model_adaptability(windows)
         llm = worker.summary()
         llm.update({"model": str(args.model), "providers": generator.providers, "threads": args.threads,
-                    "constrained": bool(args.constrained),
+                    "constrained": bool(args.constrained), "dtype": generator.dtype,
+                    "kv_cache": {"layout": generator.kv_layout, "capacity": generator.kv_capacity},
                     "status": dict(sorted(loop.llm_status.items())), "warmup": {"generations": 1, "tokens": 2,
                                                                                   "seconds": warmup_s},
                     "worker_stopped": worker_stopped, "blocked_s": loop.llm_wait})
