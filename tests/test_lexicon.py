@@ -178,3 +178,22 @@ def test_build_lexicon_tool_refuses_a_directory_that_is_not_wordnet(tmp_path):
                            "--out", str(tmp_path / "x.json")], capture_output=True, text=True)
     assert proc.returncode != 0 and "not a WordNet dict directory" in proc.stderr
     assert not (tmp_path / "x.json").exists()
+
+
+def test_augmented_sft_run_records_the_lexicon_and_the_card_says_so(tmp_path):
+    """`edge-train sft` with augmentation: a tiny run trains, its summary names the lexicon by
+    sha256, and the model card lists the augmentation."""
+    from edge_runtime.model.io import sha256_file
+    from edge_runtime.train.cli import main
+    from edge_runtime.train.lexicon import DEFAULT_LEXICON
+
+    out = tmp_path / "m"
+    assert main(["sft", "--out", str(out), "--preset", "qwen2-1m", "--steps", "2", "--batch-size", "2",
+                 "--mpc-examples", "12", "--decision-per-instruction", "2", "--synonym-rate", "0.5",
+                 "--distractor-fraction", "0.3", "--eval-every", "0", "--threads", "1"]) == 0
+    summary = json.loads((out / "train_summary.json").read_text())
+    assert summary["lexicon_sha256"] == sha256_file(DEFAULT_LEXICON)
+    assert summary["data"]["synonym_rate"] == 0.5 and summary["data"]["distractor_fraction"] == 0.3
+    assert main(["card", "--model", str(out)]) == 0
+    card = (out / "README.md").read_text()
+    assert "lexical augmentation" in card and summary["lexicon_sha256"][:12] in card

@@ -26,6 +26,16 @@ from pathlib import Path
 DEFAULT_ORACLE_TABLE = Path(__file__).resolve().parent.parent / "tasks" / "data" / "oracle_oval_v2.json"
 
 
+def _lexicon_sha256(data_cfg) -> str | None:
+    """sha256 of the lexicon an augmented run read (None without augmentation): the card names it."""
+    if not data_cfg.augmented:
+        return None
+    from ..model.io import sha256_file
+    from .lexicon import DEFAULT_LEXICON
+
+    return sha256_file(Path(data_cfg.lexicon) if data_cfg.lexicon else DEFAULT_LEXICON)
+
+
 def cmd_sft(args: argparse.Namespace) -> int:
     import torch
 
@@ -82,6 +92,7 @@ def cmd_sft(args: argparse.Namespace) -> int:
         "command": "edge-train " + shlex.join(args.argv),
         "preset": None if args.init_from else args.preset, "init_from": args.init_from, "seed": args.seed,
         "parameters": n_params, "data": asdict(data_cfg), "oracle_table": str(args.oracle_table),
+        "lexicon_sha256": _lexicon_sha256(data_cfg),
         "history": history, "wall_time_s": time.time() - started, "torch": torch.__version__,
         "threads": torch.get_num_threads(), "machine": platform.processor() or platform.machine(),
         "device": str(trainer.device),

@@ -46,12 +46,14 @@ def _bpf_stage_lines(i: int, st: dict) -> list[str]:
     return lines
 
 
-def _augmentation(data: dict) -> str:
+def _augmentation(data: dict, lexicon_sha256: str | None = None) -> str:
     """The lexical augmentation of an SFT stage, as a clause of the card's data line ('' if none)."""
     rate, share = data.get("synonym_rate", 0.0), data.get("distractor_fraction", 0.0)
     if not rate and not share:
         return ""
     lexicon = Path(data["lexicon"]).name if data.get("lexicon") else "the packaged lexicon.json"
+    if lexicon_sha256:
+        lexicon += f", sha256 {lexicon_sha256[:12]}"
     return (f"; lexical augmentation ({lexicon}, WordNet 3.0): synonym substitution rate {rate}, "
             f"{share:.0%} of MPC examples distractors answered with the defaults")
 
@@ -94,7 +96,7 @@ def write_model_card(model_dir: Path, eval_report: Path | None, notes: Path | No
             f"- data: {st['data']['mpc_examples']} MPC examples (training phrasings, oracle answers from "
             f"`{Path(st['oracle_table']).name}` on the training track, jitter {st['data']['jitter']}), "
             f"{8 * st['data']['decision_per_instruction']} decision examples (balanced, training phrasings, "
-            "training track)" + _augmentation(st["data"]),
+            "training track)" + _augmentation(st["data"], st.get("lexicon_sha256")),
             f"- optimisation: {hist['optim']['steps']} steps, batch {hist['optim']['batch_size']}, AdamW lr "
             f"{hist['optim']['lr']} (warm-up {hist['optim']['warmup_steps']}, cosine), grad clip "
             f"{hist['optim']['grad_clip']}; loss on answer tokens only, averaged per example",
