@@ -1,3 +1,4 @@
+# ruff: noqa: F811 -- the fixtures imported from test_export are requested by name as arguments
 """The shared-KV-cache decoder graph: contract, parity with PyTorch and with the traced graph
 (dense, non-uniform pruned, Llama untied, int8 / int4), in-place cache reuse, constrained
 decoding over it, capacity and unsupported-model errors, and the edge-export flags."""
@@ -16,7 +17,8 @@ torch = pytest.importorskip("torch")
 onnx = pytest.importorskip("onnx")
 
 from onnx_fixtures import with_metadata
-from test_export import heldout_prompts, make_model_dir
+# the dense and non-uniform pruned model directories (and their tokenizer) of the export tests
+from test_export import dense_dir, heldout_prompts, pruned_dir, tokenizer_path, vocab, workdir  # noqa: F401
 
 from edge_runtime.export import cli
 from edge_runtime.export.onnx_export import ExportError, export_onnx
@@ -26,41 +28,10 @@ from edge_runtime.export.shared_cache_graph import check_supported
 from edge_runtime.model.build import build_model, preset_spec, resize_layer
 from edge_runtime.model.io import save_model
 from edge_runtime.model.spec import ArchSpec, LayerSpec
-from edge_runtime.model.tokenizer import save_tokenizer, train_tokenizer
 from edge_runtime.runtime.generator import ModelLoadError, OnnxGenerator
-from edge_runtime.tasks.instructions import instruction_set
-from edge_runtime.tasks.prompts import build_mpc_prompt
 
 torch.set_num_threads(1)
 CAPACITY = 768
-
-
-@pytest.fixture(scope="module")
-def workdir(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("shared")
-
-
-@pytest.fixture(scope="module")
-def tokenizer_path(workdir) -> Path:
-    corpus = [build_mpc_prompt(i.text) for i in instruction_set("train")[:20]]
-    return save_tokenizer(train_tokenizer(corpus, vocab_size=320), workdir / "tok.json")
-
-
-@pytest.fixture(scope="module")
-def vocab(tokenizer_path) -> int:
-    from tokenizers import Tokenizer
-
-    return Tokenizer.from_file(str(tokenizer_path)).get_vocab_size()
-
-
-@pytest.fixture(scope="module")
-def pruned_dir(workdir, tokenizer_path, vocab) -> Path:
-    return make_model_dir(workdir / "pruned", tokenizer_path, vocab, nonuniform=True, seed=1)
-
-
-@pytest.fixture(scope="module")
-def dense_dir(workdir, tokenizer_path, vocab) -> Path:
-    return make_model_dir(workdir / "dense", tokenizer_path, vocab, nonuniform=False)
 
 
 @pytest.fixture(scope="module")
