@@ -229,7 +229,8 @@ def test_fp32_parity(which, request):
     assert all(d["identical"] and d["logits_ok"] for d in report.details)
 
 
-def test_llama_nonuniform_untied_parity(workdir, tokenizer_path, vocab):
+@pytest.fixture(scope="module")
+def llama_dir(workdir, tokenizer_path, vocab) -> Path:
     """The other family: Llama (no q/k/v bias, untied LM head), one layer pruned to a 4:1 group."""
     model = build_model(preset_spec("llama-4m", vocab_size=vocab, num_layers=2, intermediate_size=256), seed=2)
     resize_layer(model, 1, LayerSpec(4, 1, 128))
@@ -238,7 +239,11 @@ def test_llama_nonuniform_untied_parity(workdir, tokenizer_path, vocab):
         for p in model.parameters():
             if p.dim() == 2:
                 p.copy_(torch.randn(p.shape, generator=gen) * 0.1)
-    model_dir = save_model(model, workdir / "llama", tokenizer_json=tokenizer_path)
+    return save_model(model, workdir / "llama", tokenizer_json=tokenizer_path)
+
+
+def test_llama_nonuniform_untied_parity(llama_dir, workdir):
+    model_dir = llama_dir
     path = export_onnx(model_dir, workdir / "llama.onnx")
     spec = ArchSpec.load(model_dir / "arch_spec.json")
     assert spec.family == "llama" and not spec.tie_word_embeddings and not spec.is_uniform

@@ -18,16 +18,15 @@ onnx = pytest.importorskip("onnx")
 
 from onnx_fixtures import with_metadata
 # the dense and non-uniform pruned model directories (and their tokenizer) of the export tests
-from test_export import dense_dir, heldout_prompts, pruned_dir, tokenizer_path, vocab, workdir  # noqa: F401
+from test_export import dense_dir, heldout_prompts, llama_dir, pruned_dir, tokenizer_path, vocab, workdir  # noqa: F401
 
 from edge_runtime.export import cli
 from edge_runtime.export.onnx_export import ExportError, export_onnx
 from edge_runtime.export.parity import TOLERANCES, check_parity
 from edge_runtime.export.quantize import QuantizeConfig, quantize_onnx
 from edge_runtime.export.shared_cache_graph import check_supported
-from edge_runtime.model.build import build_model, preset_spec, resize_layer
-from edge_runtime.model.io import save_model
-from edge_runtime.model.spec import ArchSpec, LayerSpec
+from edge_runtime.model.build import preset_spec
+from edge_runtime.model.spec import ArchSpec
 from edge_runtime.runtime.generator import ModelLoadError, OnnxGenerator
 
 torch.set_num_threads(1)
@@ -142,15 +141,8 @@ def test_quantized_variants_of_the_shared_graph(pruned_dir, pruned_shared, prune
         assert shared.token_agreement >= concat.token_agreement - 0.1, (shared.summary(), concat.summary())
 
 
-def test_llama_untied_nonuniform(workdir, tokenizer_path, vocab):
-    model = build_model(preset_spec("llama-4m", vocab_size=vocab, num_layers=2, intermediate_size=256), seed=2)
-    resize_layer(model, 1, LayerSpec(4, 1, 128))
-    gen = torch.Generator().manual_seed(9)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() == 2:
-                p.copy_(torch.randn(p.shape, generator=gen) * 0.1)
-    model_dir = save_model(model, workdir / "llama", tokenizer_json=tokenizer_path)
+def test_llama_untied_nonuniform(llama_dir, workdir):
+    model_dir = llama_dir
     path = export_onnx(model_dir, workdir / "llama-shared.onnx", kv_cache="shared", capacity=CAPACITY)
     report = check_parity(model_dir, path, heldout_prompts(2), max_new_tokens=16)
     assert report.ok and report.identical_answers == 2, report.summary()
