@@ -37,6 +37,8 @@ def test_edge_eval_writes_a_valid_report(tiny_model_dir, tmp_path, capsys):
     assert sum(mpc["parse_failures"].values()) == round(mpc["parse_failure_rate"] * 20)
     assert all(r["adaptability"] == -4.0 for r in mpc["rows"] if r["parse_failure"])
     assert dec["examples"] == 16 and 0.0 <= dec["accuracy"] <= 1.0
+    assert len(dec["rows"]) == 16 and dec["accuracy"] == sum(r["correct"] for r in dec["rows"]) / 16
+    assert all(r["summary"].startswith("Summary: ") and isinstance(r["label"], bool) for r in dec["rows"])
     assert "control adaptability" in capsys.readouterr().out
 
 

@@ -18,7 +18,7 @@ from edge_runtime.tasks.oracle_table import OracleTable
 from edge_runtime.train.cli import DEFAULT_ORACLE_TABLE
 from edge_runtime.train.lexicon import (
     Lexicon, category_bearing_words, content_words, distractor_phrasing, load_lexicon, source_words,
-    substitute_synonyms,
+    insert_words, substitute_synonyms, words_of,
 )
 from edge_runtime.train.sft_data import UNKNOWN_CATEGORY, SFTDataConfig, build_sft_examples
 
@@ -101,6 +101,45 @@ def test_distractor_phrasing_removes_every_category_word(lexicon):
         distractor_phrasing("Drive the car.", lexicon, rng)
 
 
+def test_insert_words_keeps_the_instruction(lexicon):
+    """Inserted words are distractors; the original words stay in order, the end mark stays last,
+    and numbers, units and the {v} slot get no neighbour inserted."""
+    rng = np.random.default_rng(2)
+    for text in ("Drive at {v} m/s around the track.", "Clip the apex.", "Reverse",
+                 "Go faster than three meters per second, please."):
+        for _ in range(30):
+            out = insert_words(text, lexicon, rng)
+            tokens, original = out.split(), text.split()
+            it = iter(tokens)
+            assert all(any(t == o or t == o.rstrip(".") for t in it) for o in original), (text, out)
+            added = len(tokens) - len(original)
+            assert 1 <= added <= 3
+            if text[-1:] in ".!?":
+                assert out[-1:] == text[-1:]
+            if "{v}" in text:
+                assert "{v} m/s" in out
+            if "three" in text:
+                assert "than three meters per second" in out
+            assert tokens[0] == original[0]
+    with pytest.raises(ValueError, match="max_words"):
+        insert_words("Clip the apex.", lexicon, rng, max_words=0)
+
+
+def test_sft_data_with_word_insertion_keeps_categories_and_answers():
+    table = OracleTable.load(DEFAULT_ORACLE_TABLE)
+    base = SFTDataConfig(mpc_examples=200, decision_per_instruction=0, synonym_rate=0.0, distractor_fraction=0.0,
+                         seed=4)
+    plain = build_sft_examples(table, base)
+    assert not any(e.category == UNKNOWN_CATEGORY for e in plain)
+    inserted = build_sft_examples(table, SFTDataConfig(**{**base.__dict__, "insertion_rate": 1.0}))
+    distractors = set(load_lexicon().distractors)
+    # every phrasing gets words, except one with no gap away from its number ("Hold {v} m/s.")
+    missed = [e.instruction for e in inserted if not any(w in distractors for w in words_of(e.instruction))]
+    assert len(missed) < 0.05 * len(inserted) and all("m/s" in t for t in missed)
+    assert sorted(e.category for e in inserted) == sorted(e.category for e in plain)
+    assert all(parse_mpc_answer(e.answer).ok for e in inserted)
+
+
 def test_augmented_sft_data():
     table = OracleTable.load(DEFAULT_ORACLE_TABLE)
     cfg = SFTDataConfig(mpc_examples=400, decision_per_instruction=4, synonym_rate=0.3, distractor_fraction=0.2, seed=3)
@@ -128,7 +167,8 @@ def test_no_augmentation_means_no_distractors_and_training_wordings():
     assert not SFTDataConfig().augmented
 
 
-@pytest.mark.parametrize("field, value", [("synonym_rate", 1.5), ("distractor_fraction", 1.0)])
+@pytest.mark.parametrize("field, value", [("synonym_rate", 1.5), ("distractor_fraction", 1.0),
+                                          ("insertion_rate", -0.1)])
 def test_sft_data_config_validates_augmentation(field, value):
     with pytest.raises(ValueError, match=field):
         SFTDataConfig(**{field: value})
@@ -190,10 +230,14 @@ def test_augmented_sft_run_records_the_lexicon_and_the_card_says_so(tmp_path):
     out = tmp_path / "m"
     assert main(["sft", "--out", str(out), "--preset", "qwen2-1m", "--steps", "2", "--batch-size", "2",
                  "--mpc-examples", "12", "--decision-per-instruction", "2", "--synonym-rate", "0.5",
-                 "--distractor-fraction", "0.3", "--eval-every", "0", "--threads", "1"]) == 0
+                 "--distractor-fraction", "0.3", "--insertion-rate", "0.2", "--history-augment", "0.5", "--eval-every", "0",
+                 "--threads", "1"]) == 0
     summary = json.loads((out / "train_summary.json").read_text())
+    assert summary["data"]["history_augment"] == 0.5
     assert summary["lexicon_sha256"] == sha256_file(DEFAULT_LEXICON)
     assert summary["data"]["synonym_rate"] == 0.5 and summary["data"]["distractor_fraction"] == 0.3
     assert main(["card", "--model", str(out)]) == 0
     card = (out / "README.md").read_text()
     assert "lexical augmentation" in card and summary["lexicon_sha256"][:12] in card
+    assert "history augmentation: 50% of decision histories" in card
+    assert "20% of phrasings with 1-3 random words inserted" in card

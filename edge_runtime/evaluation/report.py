@@ -6,7 +6,8 @@ case) and its parameter set is driven on the evaluation track. Control adaptabil
 and overall follows ``tasks.metrics``. When an oracle table of the same instructions on the same
 track is given, the oracle's score and the model's fraction of it are reported too.
 Decision task: a balanced held-out dataset (held-out phrasings, held-out track); accuracy, with
-unparseable answers counted as wrong.
+unparseable answers counted as wrong, and one row per example (the history's summary line, the
+label, the model's answer) so that every wrong answer can be read.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from ..tasks.decision import generate_decision_dataset
 from ..tasks.instructions import Category, instruction_set
 from ..tasks.metrics import WORST_ADAPTABILITY, summarise_adaptability
 from ..tasks.oracle_table import OracleTable
-from ..tasks.prompts import build_decision_prompt, build_mpc_prompt
+from ..tasks.prompts import build_decision_prompt, build_mpc_prompt, history_summary
 from .policy import TextPolicy
 
 MPC_MAX_NEW_TOKENS = 200
@@ -96,10 +97,14 @@ def evaluate_decision(policy: TextPolicy, settings: EvalSettings) -> dict:
     per_instruction: dict[str, list[bool]] = {}
     for ex, ok in zip(data, correct):
         per_instruction.setdefault(ex.instruction.value, []).append(ok)
+    rows = [{"instruction": ex.instruction.value, "phrasing": ex.phrasing, "behaviour": ex.behaviour,
+             "summary": history_summary(ex.history), "label": ex.label, "answer": g.text, "prediction": p.value,
+             "parse_failure": p.failure.value if p.failure else None, "correct": ok}
+            for ex, g, p, ok in zip(data, gens, parses, correct)]
     return {
         "track": track, "split": settings.split, "examples": len(data), "accuracy": float(np.mean(correct)),
         "accuracy_by_instruction": {k: float(np.mean(v)) for k, v in per_instruction.items()},
-        "parse_failures": count_failures(parses),
+        "parse_failures": count_failures(parses), "rows": rows,
     }
 
 

@@ -57,7 +57,8 @@ def cmd_sft(args: argparse.Namespace) -> int:
     table = OracleTable.load(args.oracle_table)
     data_cfg = SFTDataConfig(mpc_examples=args.mpc_examples, decision_per_instruction=args.decision_per_instruction,
                              jitter=args.jitter, seed=args.seed, synonym_rate=args.synonym_rate,
-                             distractor_fraction=args.distractor_fraction, lexicon=args.lexicon)
+                             distractor_fraction=args.distractor_fraction, lexicon=args.lexicon,
+                             history_augment=args.history_augment, insertion_rate=args.insertion_rate)
     print(f"building SFT data ({data_cfg.mpc_examples} MPC, {8 * data_cfg.decision_per_instruction} decision)...")
     train = build_sft_examples(table, data_cfg)
     held = build_sft_examples(table, SFTDataConfig(mpc_examples=40, decision_per_instruction=6, seed=args.seed + 1))
@@ -96,6 +97,7 @@ def cmd_sft(args: argparse.Namespace) -> int:
         "history": history, "wall_time_s": time.time() - started, "torch": torch.__version__,
         "threads": torch.get_num_threads(), "machine": platform.processor() or platform.machine(),
         "device": str(trainer.device),
+        "gpu": torch.cuda.get_device_name(trainer.device) if trainer.device.type == "cuda" else None,
     }
     if args.init_from and (Path(args.init_from) / "train_summary.json").exists():
         # a continued run keeps the history of the run it started from (the model card lists both)
@@ -219,6 +221,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--distractor-fraction", type=float, default=0.0,
                    help="share of MPC examples whose instruction names no category (answer: the defaults)")
     p.add_argument("--lexicon", default=None, help="lexicon JSON (default: the one shipped with the package)")
+    p.add_argument("--insertion-rate", type=float, default=0.0,
+                   help="share of phrasings with 1-3 random words inserted (their instruction words kept)")
+    p.add_argument("--history-augment", type=float, default=0.0,
+                   help="share of decision examples whose state history gets a label-preserving edit "
+                        "(lateral shift, swing and speed scale)")
     p.add_argument("--eval-every", type=int, default=250)
     p.add_argument("--checkpoint-every", type=int, default=0)
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")

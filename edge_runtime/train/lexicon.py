@@ -15,6 +15,11 @@ from the held-out set, address this:
   word from outside the lexicon; such an instruction carries no category, and the SFT answer is
   the default parameter set. A model that does not understand an instruction then keeps the
   defaults (score 0) instead of inventing parameters (score down to -4).
+* **word insertion** -- random distractor words are inserted into a training phrasing whose
+  category-bearing words stay; the answer is the phrasing's own. Together with the distractors
+  this teaches the rule "an instruction word decides, other unknown words do not": without it a
+  model learns "any unknown word means the defaults" and drops a clear instruction that comes
+  with one unfamiliar word ("Clip the apexes and use the full width of the track").
 
 The lexicon file is built offline by ``tools/build_lexicon.py`` from the WordNet 3.0 database
 files (Princeton WordNet licence, reproduced in the file) and shipped with the package, so
@@ -36,7 +41,7 @@ from ..tasks.decision import phrasings as decision_phrasings
 from ..tasks.instructions import Category, training_phrasings
 
 __all__ = ["Lexicon", "DEFAULT_LEXICON", "load_lexicon", "words_of", "content_words", "source_words",
-           "category_bearing_words", "substitute_synonyms", "distractor_phrasing"]
+           "category_bearing_words", "substitute_synonyms", "distractor_phrasing", "insert_words"]
 
 DEFAULT_LEXICON = Path(__file__).resolve().parent / "data" / "lexicon.json"
 LEXICON_VERSION = 1
@@ -167,3 +172,33 @@ def distractor_phrasing(text: str, lexicon: Lexicon, rng: np.random.Generator) -
         raise ValueError(f"distractor_phrasing: {text!r} has no category-bearing word to replace")
     words = lexicon.distractors
     return _replace_words(text, lambda w: words[int(rng.integers(len(words)))] if w in bearing else None)
+
+
+def _is_anchor(token: str) -> bool:
+    """A token that words must not be inserted next to: numbers, units and the ``{v}`` slot (so
+    "2.5 m/s" and "three meters per second" stay whole)."""
+    word = token.strip(".,!?;:").lower()
+    return ("{v}" in token or any(ch.isdigit() for ch in token) or word in PROTECTED_WORDS
+            or word in ("m/s", "m"))
+
+
+def insert_words(text: str, lexicon: Lexicon, rng: np.random.Generator, max_words: int = 3) -> str:
+    """``text`` with 1..``max_words`` random distractor words inserted between its words (never
+    before the first word, never next to a number, unit or ``{v}``); the original words, their
+    order and the final punctuation are kept."""
+    if max_words < 1:
+        raise ValueError(f"insert_words: max_words must be >= 1, got {max_words}")
+    tokens = text.split()
+    gaps = [i for i in range(1, len(tokens) + 1)
+            if not _is_anchor(tokens[i - 1]) and (i == len(tokens) or not _is_anchor(tokens[i]))]
+    if not gaps:
+        return text
+    words = lexicon.distractors
+    for _ in range(int(rng.integers(1, max_words + 1))):
+        i = gaps[int(rng.integers(len(gaps)))]
+        new = words[int(rng.integers(len(words)))]
+        if i == len(tokens) and tokens[-1][-1:] in ".!?":  # keep the sentence's end mark last
+            tokens[-1], new = tokens[-1][:-1], new + tokens[-1][-1]
+        tokens.insert(i, new)
+        gaps = [g + (g >= i) for g in gaps]
+    return " ".join(tokens)

@@ -47,15 +47,30 @@ def _bpf_stage_lines(i: int, st: dict) -> list[str]:
 
 
 def _augmentation(data: dict, lexicon_sha256: str | None = None) -> str:
-    """The lexical augmentation of an SFT stage, as a clause of the card's data line ('' if none)."""
+    """The data augmentation of an SFT stage, as clauses of the card's data line ('' if none)."""
     rate, share = data.get("synonym_rate", 0.0), data.get("distractor_fraction", 0.0)
-    if not rate and not share:
-        return ""
-    lexicon = Path(data["lexicon"]).name if data.get("lexicon") else "the packaged lexicon.json"
-    if lexicon_sha256:
-        lexicon += f", sha256 {lexicon_sha256[:12]}"
-    return (f"; lexical augmentation ({lexicon}, WordNet 3.0): synonym substitution rate {rate}, "
-            f"{share:.0%} of MPC examples distractors answered with the defaults")
+    inserted, edits = data.get("insertion_rate", 0.0), data.get("history_augment", 0.0)
+    out = ""
+    if rate or share or inserted:
+        lexicon = Path(data["lexicon"]).name if data.get("lexicon") else "the packaged lexicon.json"
+        if lexicon_sha256:
+            lexicon += f", sha256 {lexicon_sha256[:12]}"
+        out += (f"; lexical augmentation ({lexicon}, WordNet 3.0): synonym substitution rate {rate}, "
+                f"{share:.0%} of MPC examples distractors answered with the defaults")
+        if inserted:
+            out += f", {inserted:.0%} of phrasings with 1-3 random words inserted"
+    if edits:
+        out += (f"; history augmentation: {edits:.0%} of decision histories edited (lateral shift, swing and "
+                "speed scale) with their labels kept")
+    return out
+
+
+def _where(summary: dict) -> str:
+    """The machine of the last stage: the GPU's name on CUDA, the thread count on CPU."""
+    if summary["device"].startswith("cuda"):
+        return f"{summary.get('gpu') or 'a CUDA GPU'} (torch {summary['torch']})"
+    threads = summary["threads"]
+    return f"cpu ({threads} thread{'s' if threads != 1 else ''}, torch {summary['torch']})"
 
 
 def write_model_card(model_dir: Path, eval_report: Path | None, notes: Path | None = None) -> Path:
@@ -79,8 +94,7 @@ def write_model_card(model_dir: Path, eval_report: Path | None, notes: Path | No
         "## Training",
         "",
         f"- parameters: {summary['parameters']:,}; weights: {size / 2**20:.2f} MiB (safetensors, fp32)",
-        f"- total wall time {sum(st['wall_time_s'] for st in stages) / 60:.1f} min on {summary['device']} "
-        f"({summary['threads']} thread{'s' if summary['threads'] != 1 else ''}, torch {summary['torch']})",
+        f"- total wall time {sum(st['wall_time_s'] for st in stages) / 60:.1f} min on {_where(summary)}",
         "",
     ]
     for i, st in enumerate(stages, start=1):

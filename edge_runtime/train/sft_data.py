@@ -11,7 +11,13 @@ of ``edge_runtime.tasks.decision`` with train phrasings on the train track.
 Optional lexical augmentation (``edge_runtime.train.lexicon``; off by default): WordNet synonym
 substitution in the phrasings of both tasks (``synonym_rate``), and a share of MPC examples
 (``distractor_fraction``) whose instruction names no category and whose answer is the default
-parameter set -- so that a model which does not understand an instruction keeps the defaults.
+parameter set -- so that a model which does not understand an instruction keeps the defaults;
+and random word insertion (``insertion_rate``: the share of phrasings of both tasks that get 1-3
+distractor words inserted, their category words kept) -- so that one unfamiliar word next to a
+clear instruction word does not make the model drop the instruction.
+Optional history augmentation (``edge_runtime.train.history_augment``; off by default): a share
+(``history_augment``) of decision examples get a label-preserving edit of their state history, so
+that the summary statistics the reason line copies cover a wide range.
 """
 
 from __future__ import annotations
@@ -27,7 +33,8 @@ from ..tasks.decision import DEFAULT_THRESHOLDS, DecisionInstruction, LabelThres
 from ..tasks.instructions import SPEED_RANGE, Category, Instruction, make_instruction, training_phrasings
 from ..tasks.oracle_table import OracleTable
 from ..tasks.prompts import build_decision_prompt, build_mpc_prompt, history_stats
-from .lexicon import Lexicon, distractor_phrasing, load_lexicon, substitute_synonyms
+from .history_augment import augment_example
+from .lexicon import Lexicon, distractor_phrasing, insert_words, load_lexicon, substitute_synonyms
 
 
 @dataclass(frozen=True)
@@ -52,6 +59,8 @@ class SFTDataConfig:
     synonym_rate: float = 0.0  # probability of replacing each content word by a WordNet synonym
     distractor_fraction: float = 0.0  # share of MPC examples with no category, answered with the defaults
     lexicon: str | None = None  # lexicon JSON; None = the one shipped with the package
+    history_augment: float = 0.0  # share of decision examples whose history gets a label-preserving edit
+    insertion_rate: float = 0.0  # share of phrasings (both tasks) with 1-3 random distractor words inserted
 
     def __post_init__(self) -> None:
         if self.mpc_examples < 0 or self.decision_per_instruction < 0:
@@ -64,10 +73,14 @@ class SFTDataConfig:
             raise ValueError("SFTDataConfig.synonym_rate must be in [0, 1]")
         if not 0 <= self.distractor_fraction < 1:
             raise ValueError("SFTDataConfig.distractor_fraction must be in [0, 1)")
+        if not 0 <= self.insertion_rate <= 1:
+            raise ValueError("SFTDataConfig.insertion_rate must be in [0, 1]")
+        if not 0 <= self.history_augment <= 1:
+            raise ValueError("SFTDataConfig.history_augment must be in [0, 1]")
 
     @property
     def augmented(self) -> bool:
-        return self.synonym_rate > 0 or self.distractor_fraction > 0
+        return self.synonym_rate > 0 or self.distractor_fraction > 0 or self.insertion_rate > 0
 
 
 _PINNED = {Category.REFERENCE_VELOCITY: ("v_max",), Category.REVERSE: ("v_max", "v_min")}
@@ -122,9 +135,17 @@ def wrap_phrasing(phrase: str, rng: np.random.Generator, probability: float = 0.
     return _WRAPPERS[int(rng.integers(len(_WRAPPERS)))].format(lc=lc, uc=core)
 
 
+def _maybe_insert(phrase: str, lexicon: Lexicon | None, rng: np.random.Generator, rate: float) -> str:
+    """``phrase`` with random distractor words inserted, with probability ``rate`` (no draw at 0,
+    so runs without insertion keep their data)."""
+    if lexicon is None or rate <= 0 or rng.random() >= rate:
+        return phrase
+    return insert_words(phrase, lexicon, rng)
+
+
 def mpc_examples(table: OracleTable, n: int, jitter: float, rng: np.random.Generator,
                  lexicon: Lexicon | None = None, synonym_rate: float = 0.0,
-                 distractor_fraction: float = 0.0) -> list[SFTExample]:
+                 distractor_fraction: float = 0.0, insertion_rate: float = 0.0) -> list[SFTExample]:
     categories = list(Category)
     out = []
     for i in range(n):
@@ -136,6 +157,7 @@ def mpc_examples(table: OracleTable, n: int, jitter: float, rng: np.random.Gener
         phrase = options[int(rng.integers(len(options)))]
         if lexicon is not None:
             phrase = substitute_synonyms(phrase, lexicon, rng, synonym_rate)
+            phrase = _maybe_insert(phrase, lexicon, rng, insertion_rate)
         speed = round(float(rng.uniform(*SPEED_RANGE)), 1) if category is Category.REFERENCE_VELOCITY else None
         ins = make_instruction(category, wrap_phrasing(phrase, rng), speed)
         params = jitter_params(table.params_for(ins), category, rng, jitter)
@@ -182,14 +204,19 @@ def decision_reasoning(history: StateHistory, instruction: DecisionInstruction,
 
 
 def decision_examples(n_per_instruction: int, seed: int, lexicon: Lexicon | None = None,
-                      synonym_rate: float = 0.0) -> list[SFTExample]:
+                      synonym_rate: float = 0.0, history_augment: float = 0.0,
+                      insertion_rate: float = 0.0) -> list[SFTExample]:
     if n_per_instruction == 0:
         return []
     data = generate_decision_dataset(n_per_instruction=n_per_instruction, split="train", seed=seed)
     rng = np.random.default_rng(seed + 7)
+    edit_rng = np.random.default_rng(seed + 11)  # its own stream: switching edits on keeps the phrasings
     out = []
     for ex in data:
+        if history_augment > 0 and edit_rng.random() < history_augment:
+            ex = augment_example(ex, edit_rng)
         phrase = substitute_synonyms(ex.phrasing, lexicon, rng, synonym_rate) if lexicon is not None else ex.phrasing
+        phrase = _maybe_insert(phrase, lexicon, rng, insertion_rate)
         text = wrap_phrasing(phrase, rng)
         out.append(SFTExample("decision", build_decision_prompt(ex.history, text),
                               decision_reasoning(ex.history, ex.instruction) + "\n" + format_decision_answer(ex.label),
@@ -202,7 +229,8 @@ def build_sft_examples(table: OracleTable, config: SFTDataConfig) -> list[SFTExa
     rng = np.random.default_rng(config.seed)
     lexicon = load_lexicon(config.lexicon) if config.augmented else None
     examples = mpc_examples(table, config.mpc_examples, config.jitter, rng, lexicon, config.synonym_rate,
-                            config.distractor_fraction)
-    examples += decision_examples(config.decision_per_instruction, config.seed, lexicon, config.synonym_rate)
+                            config.distractor_fraction, config.insertion_rate)
+    examples += decision_examples(config.decision_per_instruction, config.seed, lexicon, config.synonym_rate,
+                                  config.history_augment, config.insertion_rate)
     order = rng.permutation(len(examples))
     return [examples[i] for i in order]
