@@ -26,8 +26,12 @@ quantization kind of a quantized file, ``edge_runtime.quantization``):
 
 ("dense" = the previous ``models/dense`` (commit 2255dc4, concat graph), logits up to |29|, on
 edge-export's 8 + 2 held-out parity prompts; int8 weight-only: 0.20, agreement 0.997, 9/10
-identical answers. The current models/dense, shared KV cache: fp32 1.5e-4, fp16 0.034, int8 3.15
-(agreement 0.989), int8 weight-only 0.39 (1.000), int4 2.57 (0.959).) Random tiny test models are
+identical answers. The dense model of commit 7816b8b, shared KV cache: fp32 1.5e-4, fp16 0.034, int8
+3.15 (agreement 0.989), int8 weight-only 0.39 (1.000), int4 2.57 (0.959). The current models/dense,
+logits up to |38|: fp32 1.1e-4, fp16 0.044, int8 5.74 -- *over* its bound 4.29, so its dynamic int8
+file fails parity although the held-out answers do not change (agreement 0.989) -- int8
+weight-only 0.41 (0.994), int4 3.35 (bound 6.69, 0.969). The bounds were not widened after that
+failure: they are meant to catch broken graphs, and weight-only int8 passes.) Random tiny test models are
 far more sensitive to weight rounding than a trained one: depending on their weight scale the
 int4 agreement ranges from 0.46 to 1.0, so the tests check the mechanism (bounds, agreement
 bookkeeping) on them and the floors above are calibrated on the trained model.
