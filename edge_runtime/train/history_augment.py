@@ -20,7 +20,7 @@ Edits (each sample moves the same way, so the history stays one plausible drive)
   those ``s`` are kept: the car covered the same ground).
 
 Crashed histories are left alone (every instruction is False for them whatever the numbers).
-:func:`augment_history` retries a few draws until the rule label for the example's instruction
+:func:`augment_example` retries a few draws until the rule label for the example's instruction
 equals the original one, so a balanced dataset stays balanced; labels always come from
 ``tasks.decision.label``.
 """
