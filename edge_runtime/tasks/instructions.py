@@ -8,19 +8,12 @@ measures whether a model understood the instruction rather than memorised a stri
 
 from __future__ import annotations
 
-import enum
 import re
 from dataclasses import dataclass
 
 import numpy as np
 
-
-class Category(str, enum.Enum):
-    CENTRELINE = "centreline"
-    REFERENCE_VELOCITY = "reference_velocity"
-    REVERSE = "reverse"
-    SMOOTH = "smooth"
-    RACING_LINE = "racing_line"
+from ..contracts.task_enums import Category
 
 
 REVERSE_TARGET_SPEED = -1.0  # m/s, the reverse category's error is measured against it
