@@ -20,7 +20,8 @@ from edge_runtime.control import DEFAULT_PARAMS, FrenetMPC, MPCConfig
 from edge_runtime.sim.protocol import ControlCommand
 from edge_runtime.sim.track_sim import TrackSimConfig, TrackSimulator
 from edge_runtime.tasks.closed_loop import EvalConfig, evaluate
-from edge_runtime.tasks.instructions import Category, Instruction
+from edge_runtime.contracts.task_enums import Category
+from edge_runtime.tasks.instructions import Instruction
 
 TARGETS = {"physics_steps_per_s": 20_000.0, "mpc_solve_p99_ms": 5.0, "lap_eval_s": 2.0}
 

@@ -3,7 +3,8 @@ import pytest
 
 from edge_runtime.control.params import DEFAULT_PARAMS, MPCParams
 from edge_runtime.tasks.closed_loop import EvalConfig, evaluate, rollout
-from edge_runtime.tasks.instructions import Category, Instruction
+from edge_runtime.contracts.task_enums import Category
+from edge_runtime.tasks.instructions import Instruction
 from edge_runtime.tasks.metrics import WORST_ADAPTABILITY
 from edge_runtime.tasks.oracle import OracleConfig, search
 

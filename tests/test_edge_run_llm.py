@@ -34,7 +34,8 @@ from edge_runtime.runtime.scenario import (
     single_instruction,
 )
 from edge_runtime.sim import TrackSimConfig, TrackSimulator, make_simulator
-from edge_runtime.tasks.instructions import Category, classify_instruction
+from edge_runtime.contracts.task_enums import Category
+from edge_runtime.tasks.instructions import classify_instruction
 
 REPO = Path(__file__).resolve().parents[1]
 TRACK = "oval"

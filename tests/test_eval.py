@@ -8,7 +8,7 @@ from edge_runtime.evaluation.cli import main as edge_eval  # noqa: E402
 from edge_runtime.model.build import build_model, preset_spec  # noqa: E402
 from edge_runtime.model.io import save_model  # noqa: E402
 from edge_runtime.model.tokenizer import save_tokenizer, train_tokenizer  # noqa: E402
-from edge_runtime.tasks.instructions import Category  # noqa: E402
+from edge_runtime.contracts.task_enums import Category  # noqa: E402
 from edge_runtime.tasks.prompts import build_mpc_prompt  # noqa: E402
 
 

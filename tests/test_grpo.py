@@ -16,7 +16,8 @@ from edge_runtime.model.io import load_model
 from edge_runtime.model.tokenizer import load_tokenizer
 from edge_runtime.tasks.answers import format_decision_answer, format_mpc_answer
 from edge_runtime.tasks.closed_loop import EvalConfig
-from edge_runtime.tasks.instructions import SPEED_RANGE, Category, make_instruction
+from edge_runtime.contracts.task_enums import Category
+from edge_runtime.tasks.instructions import SPEED_RANGE, make_instruction
 from edge_runtime.tasks.oracle_table import OracleTable
 from edge_runtime.tasks.prompts import build_mpc_prompt
 from edge_runtime.train.grpo import (

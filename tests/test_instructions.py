@@ -1,6 +1,7 @@
 import pytest
 
-from edge_runtime.tasks.instructions import (SPLITS, Category, Instruction, classify_instruction, instruction_set,
+from edge_runtime.contracts.task_enums import Category
+from edge_runtime.tasks.instructions import (SPLITS, Instruction, classify_instruction, instruction_set,
                                              phrasings)
 
 

@@ -13,7 +13,8 @@ import pytest
 
 from edge_runtime.control.params import DEFAULT_PARAMS
 from edge_runtime.tasks.answers import parse_mpc_answer
-from edge_runtime.tasks.instructions import Category, phrasings, training_phrasings
+from edge_runtime.contracts.task_enums import Category
+from edge_runtime.tasks.instructions import phrasings, training_phrasings
 from edge_runtime.tasks.oracle_table import OracleTable
 from edge_runtime.train.cli import DEFAULT_ORACLE_TABLE
 from edge_runtime.train.lexicon import (

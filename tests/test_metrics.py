@@ -3,7 +3,8 @@ import math
 import numpy as np
 import pytest
 
-from edge_runtime.tasks.instructions import Category, Instruction
+from edge_runtime.contracts.task_enums import Category
+from edge_runtime.tasks.instructions import Instruction
 from edge_runtime.tasks.metrics import (WORST_ADAPTABILITY, Trajectory, adaptability, category_error, stalled,
                                         summarise_adaptability)
 

@@ -17,7 +17,8 @@ from edge_runtime.model.tokenizer import (ANSWER_TOKENS, EOS_TOKEN, PAD_TOKEN, a
 from edge_runtime.tasks import decision, instructions  # noqa: E402
 from edge_runtime.tasks.answers import format_decision_answer, format_mpc_answer  # noqa: E402
 from edge_runtime.tasks.decision import generate_decision_dataset  # noqa: E402
-from edge_runtime.tasks.instructions import Category, instruction_set  # noqa: E402
+from edge_runtime.contracts.task_enums import Category  # noqa: E402
+from edge_runtime.tasks.instructions import instruction_set  # noqa: E402
 from edge_runtime.tasks.prompts import PromptContext, build_decision_prompt, build_mpc_prompt  # noqa: E402
 
 MAX_PROMPT_TOKENS = 300

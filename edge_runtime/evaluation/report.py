@@ -21,7 +21,8 @@ from ..sim.tracks import HELDOUT_TRACK
 from ..tasks.answers import count_failures, parse_decision_answer, parse_mpc_answer
 from ..tasks.closed_loop import EvalConfig, evaluate
 from ..tasks.decision import generate_decision_dataset
-from ..tasks.instructions import Category, instruction_set
+from ..contracts.task_enums import Category
+from ..tasks.instructions import instruction_set
 from ..tasks.metrics import WORST_ADAPTABILITY, summarise_adaptability
 from ..tasks.oracle_table import OracleTable
 from ..tasks.prompts import build_decision_prompt, build_mpc_prompt, history_summary

@@ -33,7 +33,8 @@ from ..sim.tracks import TRAIN_TRACK
 from ..tasks.answers import ANSWER_CLOSE, ANSWER_OPEN, format_decision_answer, format_mpc_answer
 from ..tasks.decision import DecisionInstruction, generate_decision_dataset
 from ..tasks.decision import phrasings as decision_phrasings
-from ..tasks.instructions import SPEED_RANGE, Category, make_instruction
+from ..contracts.task_enums import Category
+from ..tasks.instructions import SPEED_RANGE, make_instruction
 from ..tasks.instructions import training_phrasings
 from ..tasks.prompts import PromptContext, build_decision_prompt, build_mpc_prompt
 

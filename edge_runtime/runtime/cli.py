@@ -44,7 +44,7 @@ from ..control.params import DEFAULT_PARAMS, MPCParams, ParameterError
 from ..sim import SimulatorUnavailableError, make_simulator, registered_simulators
 from ..sim.track import TrackFormatError
 from ..sim.tracks import TRAIN_TRACK
-from ..tasks.instructions import Category
+from ..contracts.task_enums import Category
 from ..tasks.metrics import WORST_ADAPTABILITY, summarise_adaptability
 from ..telemetry.writer import JsonlWriter, write_json_atomic
 from .control_loop import ControlLoop, LoopConfig

@@ -20,7 +20,8 @@ from ..control.params import DEFAULT_PARAMS, MPCParams, ParameterError, paramete
 from ..sim.track import TrackFormatError
 from ..sim.tracks import BUILTIN_TRACKS, TRAIN_TRACK, load_track
 from .closed_loop import EvalConfig, EvalResult, evaluate
-from .instructions import Category, Instruction, classify_instruction
+from ..contracts.task_enums import Category
+from .instructions import Instruction, classify_instruction
 from .oracle import METHODS, OracleConfig, search
 
 

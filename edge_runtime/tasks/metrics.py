@@ -22,7 +22,8 @@ from typing import Iterable, Mapping
 
 import numpy as np
 
-from .instructions import Category, Instruction
+from ..contracts.task_enums import Category
+from .instructions import Instruction
 
 WORST_ADAPTABILITY = -4.0
 BEST_ADAPTABILITY = 1.0

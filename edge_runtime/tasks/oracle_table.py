@@ -21,7 +21,8 @@ import numpy as np
 
 from ..control.params import SPEC_BY_NAME, MPCParams
 from .closed_loop import EvalConfig
-from .instructions import SPEED_RANGE, Category, Instruction, make_instruction, phrasings
+from ..contracts.task_enums import Category
+from .instructions import SPEED_RANGE, Instruction, make_instruction, phrasings
 from .oracle import OracleConfig, search
 
 SPEED_GRID = tuple(float(v) for v in np.round(np.arange(SPEED_RANGE[0], SPEED_RANGE[1] + 1e-9, 0.5), 2))

@@ -45,10 +45,10 @@ from tqdm.auto import tqdm
 
 from ..evaluation.torch_policy import left_pad
 from ..model.tokenizer import special_ids
+from ..contracts.task_enums import Category
 from ..tasks.decision import DecisionExample, generate_decision_dataset
 from ..tasks.instructions import (
     SPEED_RANGE,
-    Category,
     make_instruction,
     training_phrasings,
 )

@@ -38,7 +38,8 @@ import numpy as np
 
 from ..tasks.decision import DecisionInstruction
 from ..tasks.decision import phrasings as decision_phrasings
-from ..tasks.instructions import Category, training_phrasings
+from ..contracts.task_enums import Category
+from ..tasks.instructions import training_phrasings
 
 __all__ = ["Lexicon", "DEFAULT_LEXICON", "load_lexicon", "words_of", "content_words", "source_words",
            "category_bearing_words", "substitute_synonyms", "distractor_phrasing", "insert_words"]

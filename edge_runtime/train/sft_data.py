@@ -30,7 +30,8 @@ from ..control.params import DEFAULT_PARAMS, PARAM_SPECS, MPCParams
 from ..tasks.answers import format_decision_answer, format_mpc_answer
 from ..tasks.behaviours import StateHistory
 from ..tasks.decision import DEFAULT_THRESHOLDS, DecisionInstruction, LabelThresholds, generate_decision_dataset
-from ..tasks.instructions import SPEED_RANGE, Category, Instruction, make_instruction, training_phrasings
+from ..contracts.task_enums import Category
+from ..tasks.instructions import SPEED_RANGE, Instruction, make_instruction, training_phrasings
 from ..tasks.oracle_table import OracleTable
 from ..tasks.prompts import build_decision_prompt, build_mpc_prompt, history_stats
 from .history_augment import augment_example
