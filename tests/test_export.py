@@ -24,7 +24,8 @@ from edge_runtime.model.spec import ArchSpec, LayerSpec
 from edge_runtime.model.tokenizer import save_tokenizer, train_tokenizer
 from edge_runtime.runtime.generator import REQUIRED_METADATA
 from edge_runtime.tasks.instructions import instruction_set
-from edge_runtime.tasks.prompts import PROMPT_VERSION, build_mpc_prompt
+from edge_runtime.contracts.answer_format import PROMPT_VERSION
+from edge_runtime.tasks.prompts import build_mpc_prompt
 
 torch.set_num_threads(1)
 

@@ -10,13 +10,13 @@ import sys
 import numpy as np
 import pytest
 
+from edge_runtime.contracts.answer_format import PROMPT_VERSION
 from edge_runtime.control.params import PARAM_NAMES, PARAM_SPECS
 from edge_runtime.tasks.decision import (DEFAULT_THRESHOLDS, DecisionInstruction, StateHistory, _sign_changes,
                                          generate_decision_dataset)
 from edge_runtime.tasks.instructions import instruction_set
-from edge_runtime.tasks.prompts import (DECISION_CUE, HISTORY_STEP_S, MPC_CUE, PARAM_TABLE, PROMPT_VERSION,
-                                        SHORT_MEANINGS, PromptContext, build_decision_prompt, build_mpc_prompt,
-                                        history_text)
+from edge_runtime.tasks.prompts import (DECISION_CUE, HISTORY_STEP_S, MPC_CUE, PARAM_TABLE, SHORT_MEANINGS,
+                                        PromptContext, build_decision_prompt, build_mpc_prompt, history_text)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -42,7 +42,7 @@ silenced here). Should a torch release drop it, switch ``export_onnx`` to ``dyna
     edge_runtime.format_version   "1"
     edge_runtime.arch_spec        ArchSpec JSON (per-layer shapes: the runtime's cache shapes)
     edge_runtime.tokenizer        the tokenizer.json text
-    edge_runtime.prompt_version   edge_runtime.tasks.prompts.PROMPT_VERSION
+    edge_runtime.prompt_version   edge_runtime.contracts.answer_format.PROMPT_VERSION
     edge_runtime.answer_schema    JSON {"format", "version", "answer_open", "answer_close",
                                   "parameters": [{name, low, high, default, unit}]}
     edge_runtime.generation       JSON {"eos_id", "pad_id", "max_new_tokens": {"mpc", "decision"}, "greedy"}
@@ -72,10 +72,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..contracts.answer_format import ANSWER_CLOSE, ANSWER_OPEN, PROMPT_VERSION
 from ..control.params import PARAM_SPECS
 from ..model.spec import ArchSpec
-from ..tasks.answers import ANSWER_CLOSE, ANSWER_OPEN
-from ..tasks.prompts import PROMPT_VERSION
 
 __all__ = [
     "DTYPES", "FORMAT_VERSION", "GENERATION_DEFAULTS", "META_KEYS", "ExportError", "answer_schema",

@@ -30,7 +30,8 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from ..control.params import MPCParams
 from ..sim.tracks import TRAIN_TRACK
-from ..tasks.answers import ANSWER_CLOSE, ANSWER_OPEN, format_decision_answer, format_mpc_answer
+from ..contracts.answer_format import ANSWER_CLOSE, ANSWER_OPEN
+from ..tasks.answers import format_decision_answer, format_mpc_answer
 from ..tasks.decision import DecisionInstruction, generate_decision_dataset
 from ..tasks.decision import phrasings as decision_phrasings
 from ..contracts.task_enums import Category

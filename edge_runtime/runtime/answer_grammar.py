@@ -16,7 +16,7 @@ from functools import lru_cache
 from typing import Any
 
 from ..control.params import PARAM_SPECS
-from ..tasks.answers import ANSWER_CLOSE, ANSWER_OPEN
+from ..contracts.answer_format import ANSWER_CLOSE, ANSWER_OPEN
 
 __all__ = [
     "CLOSE",

@@ -80,7 +80,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..tasks.answers import ANSWER_CLOSE, ANSWER_OPEN
+from ..contracts.answer_format import ANSWER_CLOSE, ANSWER_OPEN
 from .answer_grammar import (
     CLOSE,
     DECISION_MARKER,

@@ -50,17 +50,14 @@ from typing import Any, Iterable, Mapping
 
 import numpy as np
 
+from ..contracts.answer_format import ANSWER_CLOSE, ANSWER_OPEN
 from ..control.params import DEFAULT_PARAMS, PARAM_NAMES, SPEC_BY_NAME, MPCParams, ParameterError
 
 __all__ = [
-    "ANSWER_OPEN", "ANSWER_CLOSE", "ParseFailure", "MPCParse", "DecisionParse", "format_number",
+    "ParseFailure", "MPCParse", "DecisionParse", "format_number",
     "format_mpc_answer", "parse_mpc_answer", "format_decision_answer", "parse_decision_answer",
     "extract_answer_block", "count_failures",
 ]
-
-ANSWER_OPEN = "<answer>"
-ANSWER_CLOSE = "</answer>"
-
 
 class ParseFailure(str, Enum):
     """Why an answer did not parse (see the module docstring for the exact conditions)."""

@@ -34,8 +34,8 @@ examples per split: the labels recomputed from the text agree with the true labe
 the train split and 99.1% of the held-out split (15 rows every 0.2 s: 99.4%, but up to 320
 tokens instead of 250); ``tests/test_prompts.py`` checks >= 97%.
 
-:data:`PROMPT_VERSION` names this template; it is stored in exported models, so change it
-whenever the text of either prompt changes.
+:data:`~edge_runtime.contracts.answer_format.PROMPT_VERSION` names this template; it is stored in
+exported models, so change it whenever the text of either prompt changes.
 """
 
 from __future__ import annotations
@@ -49,11 +49,9 @@ from ..control.params import PARAM_SPECS, ParamSpec
 from .behaviours import StateHistory
 
 __all__ = [
-    "PROMPT_VERSION", "MPC_CUE", "DECISION_CUE", "SHORT_MEANINGS", "PARAM_TABLE", "HISTORY_STEP_S",
+    "MPC_CUE", "DECISION_CUE", "SHORT_MEANINGS", "PARAM_TABLE", "HISTORY_STEP_S",
     "PromptContext", "build_mpc_prompt", "build_decision_prompt", "history_text",
 ]
-
-PROMPT_VERSION = "2"
 
 #: The model writes its answer right after these cues (the prompt ends with them).
 MPC_CUE = "Answer:\n"

@@ -72,9 +72,8 @@ from typing import Any
 
 import numpy as np
 
+from ..contracts.answer_format import ANSWER_CLOSE, ANSWER_OPEN
 from ..tasks.answers import (
-    ANSWER_CLOSE,
-    ANSWER_OPEN,
     ParseFailure,
     parse_decision_answer,
     parse_mpc_answer,
