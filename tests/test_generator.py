@@ -17,7 +17,7 @@ torch = pytest.importorskip("torch")
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 
-from edge_runtime.evaluation.policy import Generation
+from edge_runtime.contracts.generation import Generation
 from edge_runtime.evaluation.torch_policy import TorchPolicy
 from edge_runtime.export.onnx_export import export_onnx
 from edge_runtime.model.spec import LayerSpec

@@ -26,7 +26,7 @@ from ..tasks.instructions import instruction_set
 from ..tasks.metrics import WORST_ADAPTABILITY, summarise_adaptability
 from ..tasks.oracle_table import OracleTable
 from ..tasks.prompts import build_decision_prompt, build_mpc_prompt, history_summary
-from .policy import TextPolicy
+from ..contracts.generation import TextPolicy
 
 MPC_MAX_NEW_TOKENS = 200
 DECISION_MAX_NEW_TOKENS = 48

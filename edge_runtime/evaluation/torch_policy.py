@@ -8,7 +8,7 @@ from typing import Sequence
 import torch
 
 from ..model.tokenizer import special_ids
-from .policy import Generation
+from ..contracts.generation import Generation
 
 
 def left_pad(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:

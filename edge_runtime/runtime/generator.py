@@ -56,7 +56,7 @@ import numpy as np
 import onnxruntime as ort
 from tokenizers import Tokenizer
 
-from ..evaluation.policy import Generation
+from ..contracts.generation import Generation
 from ..model.spec import ArchSpec, ArchSpecError
 from .providers import ProviderConfig, provider_names
 
@@ -389,7 +389,7 @@ class OnnxGenerator:
 
 
 class OnnxPolicy:
-    """The ``TextPolicy`` of an exported file (edge_runtime.evaluation.policy), one prompt at a time.
+    """The ``TextPolicy`` of an exported file (edge_runtime.contracts.generation), one prompt at a time.
 
     ``last_results`` keeps the full GenerationResult (timings) of the latest ``generate`` call.
     ``constrained``: grammar-constrained decoding, the task inferred from each prompt."""
