@@ -7,20 +7,9 @@ from typing import Sequence
 
 import torch
 
+from ..model.batching import left_pad
 from ..model.tokenizer import special_ids
 from ..contracts.generation import Generation
-
-
-def left_pad(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Token ids and attention mask of a batch padded on the left, so that every row ends where
-    generation starts (what batched ``generate`` needs)."""
-    width = max(map(len, rows))
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    for j, seq in enumerate(rows):
-        ids[j, width - len(seq):] = torch.tensor(seq, dtype=torch.long)
-        mask[j, width - len(seq):] = 1
-    return ids, mask
 
 
 class TorchPolicy:
