@@ -37,7 +37,7 @@ import torch
 from edge_runtime.export.onnx_export import export_onnx
 from edge_runtime.model.build import build_model, preset_spec, resize_layer
 from edge_runtime.model.io import save_model
-from edge_runtime.model.spec import LayerSpec
+from edge_runtime.contracts.arch_spec import LayerSpec
 from edge_runtime.model.tokenizer import EOS_TOKEN, PAD_TOKEN, save_tokenizer, train_tokenizer
 from edge_runtime.runtime.generator import OnnxGenerator
 

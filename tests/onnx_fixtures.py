@@ -22,7 +22,7 @@ def build_tiny_model_dir(root: str | Path, seed: int = 3, weight_scale: float = 
 
     from edge_runtime.model.build import build_model, preset_spec, resize_layer
     from edge_runtime.model.io import save_model
-    from edge_runtime.model.spec import LayerSpec
+    from edge_runtime.contracts.arch_spec import LayerSpec
     from edge_runtime.model.tokenizer import save_tokenizer, train_tokenizer
     from edge_runtime.tasks.instructions import instruction_set
     from edge_runtime.tasks.prompts import build_mpc_prompt

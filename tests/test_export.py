@@ -20,7 +20,7 @@ from edge_runtime.export.onnx_export import META_KEYS, ExportError, export_onnx,
 from edge_runtime.export.parity import TOLERANCES, ParityReport, check_parity
 from edge_runtime.model.build import build_model, preset_spec, resize_layer
 from edge_runtime.model.io import load_model, save_model
-from edge_runtime.model.spec import ArchSpec, LayerSpec
+from edge_runtime.contracts.arch_spec import ArchSpec, LayerSpec
 from edge_runtime.model.tokenizer import save_tokenizer, train_tokenizer
 from edge_runtime.runtime.generator import REQUIRED_METADATA
 from edge_runtime.tasks.instructions import instruction_set

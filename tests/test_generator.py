@@ -20,7 +20,7 @@ ort = pytest.importorskip("onnxruntime")
 from edge_runtime.contracts.generation import Generation
 from edge_runtime.evaluation.torch_policy import TorchPolicy
 from edge_runtime.export.onnx_export import export_onnx
-from edge_runtime.model.spec import LayerSpec
+from edge_runtime.contracts.arch_spec import LayerSpec
 from edge_runtime.model.tokenizer import load_tokenizer
 from edge_runtime.runtime.generator import (
     REQUIRED_METADATA,

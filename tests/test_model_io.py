@@ -23,7 +23,8 @@ from edge_runtime.model.io import (
     load_pretrained_dir,
     save_model,
 )
-from edge_runtime.model.spec import ArchSpec, LayerSpec, spec_from_model
+from edge_runtime.contracts.arch_spec import ArchSpec, LayerSpec
+from edge_runtime.model.spec import spec_from_model
 
 VOCAB = 256
 

@@ -16,7 +16,8 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
 from edge_runtime.model.build import PRESETS, build_model, preset_spec, resize_layer
-from edge_runtime.model.spec import ArchSpec, ArchSpecError, LayerSpec, spec_from_model
+from edge_runtime.contracts.arch_spec import ArchSpec, ArchSpecError, LayerSpec
+from edge_runtime.model.spec import spec_from_hf_config, spec_from_model, to_hf_config
 
 
 def nonuniform(base: ArchSpec) -> ArchSpec:
@@ -110,7 +111,7 @@ def test_missing_file_is_clear(tmp_path):
 
 
 def test_spec_module_imports_without_torch():
-    code = ("import sys; import edge_runtime.model.spec, edge_runtime.model; "
+    code = ("import sys; import edge_runtime.contracts.arch_spec, edge_runtime.model.spec, edge_runtime.model; "
             "assert 'torch' not in sys.modules and 'transformers' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True)
 
@@ -149,9 +150,9 @@ def test_presets_sizes():
 @pytest.mark.parametrize("family", ["qwen2", "llama"])
 def test_hf_config_round_trip(family):
     spec = tiny(family)
-    config = spec.to_hf_config()
+    config = to_hf_config(spec)
     assert config.head_dim == spec.head_dim
-    assert ArchSpec.from_hf_config(config) == spec
+    assert spec_from_hf_config(config) == spec
 
 
 def test_llama_heads_not_dividing_hidden_size():
@@ -164,7 +165,7 @@ def test_llama_heads_not_dividing_hidden_size():
 
 def test_nonuniform_hf_config_uses_first_layer():
     spec = nonuniform(tiny())
-    config = spec.to_hf_config()
+    config = to_hf_config(spec)
     assert config.num_attention_heads == spec.layers[0].num_q_heads
     assert config.intermediate_size == spec.layers[0].intermediate_size
 

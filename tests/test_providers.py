@@ -17,7 +17,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 ort = pytest.importorskip("onnxruntime")
 onnx = pytest.importorskip("onnx")
 
-from edge_runtime.model.spec import ArchSpec, LayerSpec
+from edge_runtime.contracts.arch_spec import ArchSpec, LayerSpec
 from edge_runtime.runtime.providers import (
     ProviderConfig,
     ProviderUnavailableError,

@@ -18,7 +18,8 @@ from hypothesis import strategies as st
 
 from edge_runtime.model.build import build_model, preset_spec
 from edge_runtime.model.io import load_model, save_model
-from edge_runtime.model.spec import LayerSpec, spec_from_model
+from edge_runtime.contracts.arch_spec import LayerSpec
+from edge_runtime.model.spec import spec_from_model
 from edge_runtime.prune import (
     PruneConfig,
     compute_importance,

@@ -26,7 +26,7 @@ from edge_runtime.export.parity import TOLERANCES, check_parity
 from edge_runtime.export.quantize import QuantizeConfig, quantize_onnx
 from edge_runtime.export.shared_cache_graph import check_supported
 from edge_runtime.model.build import preset_spec
-from edge_runtime.model.spec import ArchSpec
+from edge_runtime.contracts.arch_spec import ArchSpec
 from edge_runtime.runtime.generator import ModelLoadError, OnnxGenerator
 
 torch.set_num_threads(1)

@@ -9,7 +9,7 @@ from pathlib import Path
 import onnx
 import pytest
 
-from edge_runtime.model.spec import ArchSpec
+from edge_runtime.contracts.arch_spec import ArchSpec
 
 MODELS = Path(__file__).resolve().parent.parent / "models"
 SHIPPED = ("dense", "pruned25", "pruned50", "small-dense")

@@ -147,7 +147,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     import torch
 
     from ..model.io import ModelFormatError
-    from ..model.spec import ArchSpecError
+    from ..contracts.arch_spec import ArchSpecError
     from .onnx_export import GENERATION_DEFAULTS, ExportError, export_onnx
     from .parity import check_parity
     from .quantize import QuantizeConfig, QuantizeError, quantize_onnx
@@ -157,7 +157,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     layout = args.kv_cache
     if layout != "concat":
         try:
-            from ..model.spec import ArchSpec
+            from ..contracts.arch_spec import ArchSpec
             reason = "the graph dtype is fp16" if args.dtype != "fp32" else check_supported(
                 ArchSpec.load(model_dir / "arch_spec.json"), args.kv_capacity)
         except (ArchSpecError, FileNotFoundError, OSError) as exc:

@@ -74,7 +74,7 @@ from torch import nn
 
 from ..contracts.answer_format import ANSWER_CLOSE, ANSWER_OPEN, PROMPT_VERSION
 from ..control.params import PARAM_SPECS
-from ..model.spec import ArchSpec
+from ..contracts.arch_spec import ArchSpec
 
 __all__ = [
     "DTYPES", "FORMAT_VERSION", "GENERATION_DEFAULTS", "META_KEYS", "ExportError", "answer_schema",

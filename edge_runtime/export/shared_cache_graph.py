@@ -43,7 +43,7 @@ from typing import Any
 
 import numpy as np
 
-from ..model.spec import ArchSpec
+from ..contracts.arch_spec import ArchSpec
 
 __all__ = ["DEFAULT_CAPACITY", "LAYOUT_CONCAT", "LAYOUT_SHARED", "build_shared_cache_graph", "check_supported"]
 

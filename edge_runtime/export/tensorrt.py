@@ -41,7 +41,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..model.spec import ArchSpec
+from ..contracts.arch_spec import ArchSpec
 from ..runtime.providers import ShapeProfile, format_shapes
 
 __all__ = ["JETPACK_TRTEXEC", "BuildResult", "TensorRTUnavailable", "build_engine", "find_trtexec", "main",

@@ -1,14 +1,15 @@
-"""model/: architecture spec (per-layer shapes), build/load/save of HF causal LMs.
+"""model/: build/load/save of HF causal LMs from an architecture spec (per-layer shapes).
 
-`spec` is importable without torch (the vehicle-side runtime reads cache shapes from it); the
-torch-based names (`build_model`, `save_model`, ...) are resolved lazily on first access.
+The spec itself is a torch-free contract (`edge_runtime.contracts.arch_spec`); `spec` here holds
+its Hugging Face side and is importable without torch; the torch-based names (`build_model`,
+`save_model`, ...) are resolved lazily on first access.
 """
 
 from __future__ import annotations
 
 import importlib
 
-from .spec import ArchSpec, ArchSpecError, LayerSpec, spec_from_model
+from .spec import spec_from_model
 
 _LAZY = {
     "PRESETS": "build", "preset_spec": "build", "build_model": "build", "resize_layer": "build",
@@ -17,9 +18,6 @@ _LAZY = {
 
 __all__ = [
     "PRESETS",
-    "ArchSpec",
-    "ArchSpecError",
-    "LayerSpec",
     "ModelFormatError",
     "build_model",
     "load_model",

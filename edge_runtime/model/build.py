@@ -1,7 +1,7 @@
 """Build Qwen2/Llama causal LMs from an ArchSpec, including non-uniform (pruned) ones.
 
 Why not just `Qwen2ForCausalLM(config)`: a config holds one width per kind, a pruned model has
-one per layer. We build the HF model from `spec.to_hf_config()` (layer 0's widths) on the meta
+one per layer. We build the HF model from `to_hf_config(spec)` (layer 0's widths) on the meta
 device, swap in right-sized Linear modules where a layer differs (`resize_layer`, the same
 function pruning uses), then materialise the parameters: random (build_model) or from a
 checkpoint (io.load_model). transformers 5.x attention infers the head count from the
@@ -15,7 +15,8 @@ import dataclasses
 import torch
 from torch import nn
 
-from .spec import ArchSpec, ArchSpecError, LayerSpec
+from ..contracts.arch_spec import ArchSpec, ArchSpecError, LayerSpec
+from .spec import to_hf_config
 
 __all__ = ["PRESETS", "build_model", "materialize", "model_class", "preset_spec", "resize_layer"]
 
@@ -100,7 +101,7 @@ def resize_layer(model, index: int, layer_spec: LayerSpec) -> None:
 
 def skeleton(spec: ArchSpec):
     """The model with every layer right-sized and all parameters on the meta device."""
-    config = spec.to_hf_config()
+    config = to_hf_config(spec)
     config._attn_implementation = "sdpa"
     with torch.device("meta"):
         model = model_class(spec.family)(config)

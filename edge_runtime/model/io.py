@@ -27,8 +27,9 @@ from typing import Any
 import torch
 
 from .. import __version__
+from ..contracts.arch_spec import ArchSpec
 from .build import materialize, skeleton
-from .spec import ArchSpec, spec_from_model
+from .spec import hf_kwargs, spec_from_hf_config, spec_from_model, to_hf_config
 
 WEIGHTS = "model.safetensors"
 SPEC = "arch_spec.json"
@@ -63,10 +64,10 @@ def _hf_config_dict(spec: ArchSpec, dtype: torch.dtype) -> dict[str, Any]:
     change of class defaults in a later transformers cannot alter the architecture)."""
     from .build import model_class
 
-    config = spec.to_hf_config()
+    config = to_hf_config(spec)
     config.architectures = [model_class(spec.family).__name__]
     data = config.to_diff_dict()
-    data.update(spec.hf_kwargs())
+    data.update(hf_kwargs(spec))
     data.update(num_attention_heads=spec.layers[0].num_q_heads, num_key_value_heads=spec.layers[0].num_kv_heads,
                 head_dim=spec.head_dim, model_type=spec.family, dtype=str(dtype).removeprefix("torch."))
     data.pop("_attn_implementation_internal", None)
@@ -238,7 +239,7 @@ def load_pretrained_dir(model_dir: str | os.PathLike, dtype: torch.dtype | None 
     if dtype is not None:
         kwargs["dtype"] = dtype
     model = AutoModelForCausalLM.from_pretrained(str(model_dir), **kwargs)
-    spec = ArchSpec.from_hf_config(model.config)
+    spec = spec_from_hf_config(model.config)
     actual = spec_from_model(model)
     if actual != spec:
         raise ModelFormatError(f"{model_dir}: loaded modules do not match {CONFIG} ({actual} vs {spec})")

@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from ..model.spec import ArchSpec, LayerSpec
+from ..contracts.arch_spec import ArchSpec, LayerSpec
 
 IMPORTANCE_KINDS = ("taylor", "magnitude", "random")
 SCOPES = ("local", "global")

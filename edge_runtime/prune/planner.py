@@ -34,7 +34,8 @@ from typing import Any
 
 import torch
 
-from ..model.spec import ArchSpec, LayerSpec, spec_from_model
+from ..contracts.arch_spec import ArchSpec, LayerSpec
+from ..model.spec import spec_from_model
 from .config import (
     PruneConfig,
     PruneError,

@@ -18,8 +18,8 @@ from collections.abc import Sequence
 
 import torch
 
+from ..contracts.arch_spec import LayerSpec
 from ..model.build import resize_layer
-from ..model.spec import LayerSpec
 from .config import PruneError
 
 __all__ = ["prune_layer", "sync_config"]
@@ -50,7 +50,7 @@ def _rows(units: list[int], width: int, device: torch.device) -> torch.Tensor:
 
 
 def sync_config(model) -> None:
-    """Make `model.config` describe layer 0, as `ArchSpec.to_hf_config` does for a non-uniform
+    """Make `model.config` describe layer 0, as `model.spec.to_hf_config` does for a non-uniform
     spec (the spec is the truth; the config only has to stay consistent for generate())."""
     attn, mlp = model.model.layers[0].self_attn, model.model.layers[0].mlp
     d = attn.head_dim

@@ -57,7 +57,7 @@ import onnxruntime as ort
 from tokenizers import Tokenizer
 
 from ..contracts.generation import Generation
-from ..model.spec import ArchSpec, ArchSpecError
+from ..contracts.arch_spec import ArchSpec, ArchSpecError
 from .providers import ProviderConfig, provider_names
 
 __all__ = [

@@ -43,7 +43,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..model.spec import ArchSpec
+from ..contracts.arch_spec import ArchSpec
 
 __all__ = [
     "ORT_NAMES", "PROVIDERS", "ProviderConfig", "ProviderUnavailableError", "ShapeProfile", "format_shapes",

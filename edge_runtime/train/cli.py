@@ -118,7 +118,8 @@ def cmd_bpf(args: argparse.Namespace) -> int:
     import torch
 
     from ..model.io import load_pretrained_dir, save_model
-    from ..model.spec import ArchSpec, spec_from_model
+    from ..contracts.arch_spec import ArchSpec
+    from ..model.spec import spec_from_model
     from ..model.tokenizer import load_tokenizer
     from ..prune import PruneConfig, prunable_parameters
     from ..tasks.oracle_table import OracleTable
