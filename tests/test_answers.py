@@ -234,6 +234,7 @@ tag_soup = st.lists(st.sampled_from(["<answer>", "</answer>", "{", "}", '"qn"', 
                     max_size=40).map("".join)
 
 
+@pytest.mark.slow
 @given(st.one_of(st.text(), tag_soup), st.booleans())
 @settings(max_examples=500, deadline=None)
 def test_fuzz_arbitrary_text(text, clamp):

@@ -49,6 +49,7 @@ def test_bad_recipe_names_the_field(kwargs, field):
         RecipeConfig(**kwargs)
 
 
+@pytest.mark.slow
 def test_sft_rl_recipe_prunes_in_both_phases_and_keeps_training(tmp_path):
     """BPF-SFT/RL end to end on the shipped dense model, a few steps per phase: one share pruned
     during SFT, one during GRPO (rewards from simulator rollouts), the model physically smaller,

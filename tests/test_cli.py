@@ -65,6 +65,7 @@ def test_edge_run_errors_are_one_line(argv, message, tmp_path, capsys):
     assert message in err and "Traceback" not in err
 
 
+@pytest.mark.slow
 def test_edge_run_sigterm_leaves_valid_log_and_summary(tmp_path):
     out = tmp_path / "run"
     proc = subprocess.Popen([sys.executable, "-m", "edge_runtime.runtime.cli", "--duration", "60", "--out", str(out)],

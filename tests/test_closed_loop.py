@@ -47,6 +47,7 @@ def test_stopping_is_not_a_perfect_centre_line():
     assert res.stalled and res.adaptability == WORST_ADAPTABILITY
 
 
+@pytest.mark.slow
 def test_oracle_beats_default_on_every_category():
     for ins in INSTRUCTIONS:
         res = search(ins, SHORT, OracleConfig(budget=16, popsize=8, workers=2, seed=0))
@@ -55,6 +56,7 @@ def test_oracle_beats_default_on_every_category():
         assert not res.best.crashed and not res.best.stalled
 
 
+@pytest.mark.slow
 def test_oracle_is_reproducible_and_worker_count_independent():
     ins = INSTRUCTIONS[3]
     cfg = OracleConfig(method="random", budget=6, popsize=3, seed=7)
@@ -72,6 +74,7 @@ def test_oracle_config_validation():
         OracleConfig(stall_margin=0.9)
 
 
+@pytest.mark.slow
 def test_stall_margin_keeps_the_search_away_from_the_stall_threshold():
     """With margin m the search rejects runs slower than m x the threshold; the result is still
     scored with the evaluation's own threshold."""

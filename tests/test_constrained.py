@@ -186,6 +186,7 @@ def test_infer_task():
 
 
 # ------------------------------------------------------------------- random weights, with a model
+@pytest.mark.slow
 def test_sampling_with_random_weights_always_parses(gen):
     """Temperature 1 over a random model, many seeds and token budgets: every MPC answer parses and
     is in range, every decision answer parses; counts add up."""
@@ -235,6 +236,7 @@ def test_budget_too_small_is_cut_not_crashed(gen):
 
 
 # ------------------------------------------------------------------------------- forced tokens
+@pytest.mark.slow
 def test_skipping_forced_tokens_gives_the_same_text(gen):
     """Feeding forced tokens lazily (together with the next token) gives the same tokens as one
     graph run per forced token, for greedy and seeded sampling, in fewer graph runs."""

@@ -184,6 +184,7 @@ def test_worker_supersedes_queued_request_and_survives_exceptions():
     assert by_call[b.call].record("superseded", None, None, None)["type"] == "llm_superseded"
 
 
+@pytest.mark.slow
 def test_realtime_loop_never_waits_for_a_slow_llm():
     """Real time: the answer (0.3 s late) applies at the first step after it arrives; no step waits."""
     sim = make_simulator("track", track=TRACK)
@@ -394,6 +395,7 @@ def test_corrupt_model_in_a_subprocess(broken_models, tmp_path):
 
 
 # ------------------------------------------------------------------------------ signals
+@pytest.mark.slow
 def test_sigterm_mid_run_leaves_valid_log_and_summary(tiny_onnx, tmp_path):
     script = tmp_path / "s.txt"
     script.write_text("".join(f"{t}, {text}\n" for t, text in

@@ -23,6 +23,7 @@ def tiny_model_dir(tmp_path_factory):
     return out / "model"
 
 
+@pytest.mark.slow
 def test_edge_eval_writes_a_valid_report(tiny_model_dir, tmp_path, capsys):
     out = tmp_path / "report.json"
     rc = edge_eval(["--model", str(tiny_model_dir), "--task", "both", "--decision-examples", "2",

@@ -178,6 +178,7 @@ def pool_case(table):
     return items, LocalRewardPool(workers=0).score(items)
 
 
+@pytest.mark.slow
 def test_local_process_pool_matches_in_process_and_keeps_order(pool_case):
     items, expected = pool_case
     with make_reward_pool(None, workers=2) as pool:
@@ -193,6 +194,7 @@ def test_local_process_pool_matches_in_process_and_keeps_order(pool_case):
         LocalRewardPool(workers=1, context="fork")
 
 
+@pytest.mark.slow
 def test_ray_pool_matches_local_pool(pool_case):
     try:
         import ray
@@ -338,6 +340,7 @@ class RecordingPool(LocalRewardPool):
         return out
 
 
+@pytest.mark.slow
 def test_micro_grpo_run_learns_from_the_simulator(tok, tmp_path):
     """Two steps of the shipped dense model: rewards come from closed-loop rollouts, the policy
     moves, hooks run after every step, a pruning hook forces an optimizer rebuild, and the KL

@@ -221,6 +221,7 @@ def test_build_lexicon_tool_refuses_a_directory_that_is_not_wordnet(tmp_path):
     assert not (tmp_path / "x.json").exists()
 
 
+@pytest.mark.slow
 def test_augmented_sft_run_records_the_lexicon_and_the_card_says_so(tmp_path):
     """`edge-train sft` with augmentation: a tiny run trains, its summary names the lexicon by
     sha256, and the model card lists the augmentation."""

@@ -20,6 +20,7 @@ def drive(track: str, params: MPCParams, seconds: float, config: MPCConfig | Non
     return sim, mpc, states, results
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("track", ["oval", "hairpin"])
 def test_default_parameters_lap_without_crash(track):
     sim, mpc, states, results = drive(track, DEFAULT_PARAMS, 60.0)

@@ -54,6 +54,7 @@ def test_loss_only_on_answer_tokens(examples, tokenizer):
     assert batch["input_ids"].shape == batch["labels"].shape == batch["attention_mask"].shape
 
 
+@pytest.mark.slow
 def test_micro_sft_lowers_the_loss_and_saves(examples, tokenizer, tmp_path):
     spec = preset_spec("qwen2-1m", vocab_size=tokenizer.get_vocab_size())
     model = build_model(spec, seed=0)

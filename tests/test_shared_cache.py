@@ -124,6 +124,7 @@ def test_capacity_is_checked_before_running(pruned_dir, workdir):
     assert gen.generate(short, 20, stop_at_eos=False).emitted_tokens == 20
 
 
+@pytest.mark.slow
 def test_quantized_variants_of_the_shared_graph(pruned_dir, pruned_shared, pruned_concat, workdir):
     """int8 / int4 of the shared graph are as close to the reference as the same quantization of
     the traced graph: same MatMul weights, same quantizer. (Absolute floors are calibrated on
