@@ -26,7 +26,8 @@ __all__ = [
     "BUILTIN_TRACKS", "HELDOUT_TRACK", "TRAIN_TRACK", "ControlCommand", "RacingLine", "RacingLineConfig",
     "SimulatorFactory", "SimulatorUnavailableError", "SingleTrackModel", "Simulator", "Track",
     "TrackFormatError", "TrackSimConfig", "TrackSimulator", "VehicleParams", "VehicleState",
-    "compute_racing_line", "load_track", "make_simulator", "register_simulator", "registered_simulators",
+    "available_simulators", "compute_racing_line", "load_track", "make_simulator", "register_simulator",
+    "registered_simulators",
 ]
 
 SimulatorFactory = Callable[..., Simulator]
@@ -47,13 +48,16 @@ class SimulatorUnavailableError(RuntimeError):
 
 
 _REGISTRY: dict[str, SimulatorFactory] = {}
+_UNAVAILABLE: set[str] = set()  # registered so that they refuse clearly, but cannot run
 
 
-def register_simulator(name: str, factory: SimulatorFactory, *, overwrite: bool = False) -> None:
+def register_simulator(name: str, factory: SimulatorFactory, *, overwrite: bool = False,
+                       available: bool = True) -> None:
     """Register ``factory(**config) -> Simulator`` under ``name``.
 
     Registering a name twice is an error unless ``overwrite=True`` (a silent replacement would
-    make ``make_simulator`` depend on import order)."""
+    make ``make_simulator`` depend on import order). ``available=False`` marks a backend whose
+    factory only explains why it cannot run: CLIs then leave it out of the choices they offer."""
     if not isinstance(name, str) or not name.strip():
         raise ValueError(f"simulator name must be a non-empty string, got {name!r}")
     if not callable(factory):
@@ -61,6 +65,15 @@ def register_simulator(name: str, factory: SimulatorFactory, *, overwrite: bool 
     if name in _REGISTRY and not overwrite:
         raise ValueError(f"simulator {name!r} is already registered (pass overwrite=True to replace it)")
     _REGISTRY[name] = factory
+    if available:
+        _UNAVAILABLE.discard(name)
+    else:
+        _UNAVAILABLE.add(name)
+
+
+def available_simulators() -> tuple[str, ...]:
+    """Registered names that can run here (what a CLI offers as choices), sorted."""
+    return tuple(n for n in registered_simulators() if n not in _UNAVAILABLE)
 
 
 def registered_simulators() -> tuple[str, ...]:
@@ -99,4 +112,4 @@ def _make_carla_simulator(**config: Any) -> Simulator:
 
 
 register_simulator("track", _make_track_simulator)
-register_simulator("carla", _make_carla_simulator)
+register_simulator("carla", _make_carla_simulator, available=False)
