@@ -209,6 +209,17 @@ def test_realtime_loop_never_waits_for_a_slow_llm():
     assert loop.mpc.params.v_max == 2.0 and loop.summary()["llm_blocking"] is False
 
 
+def test_blocking_llm_needs_a_loop_that_is_not_real_time():
+    """Waiting for an answer is for deterministic fast runs; a real-time loop refuses it up front."""
+    sim = make_simulator("track", track=TRACK)
+    loop = ControlLoop(sim, FrenetMPC(sim.track, DEFAULT_PARAMS, MPCConfig(rate_hz=20)),
+                       LoopConfig(rate_hz=20, duration=1.0, realtime=True))
+    worker = LLMWorker(FakeGenerator({"Drive at 2 m/s.": VALID_2MS}))
+    with pytest.raises(ValueError, match="realtime=False"):
+        loop.attach_llm(worker, single_instruction("Drive at 2 m/s."), blocking=True)
+    assert loop.worker is None and not worker.alive
+
+
 # ------------------------------------------------------------------- edge-run, tiny model
 def test_edge_run_script_writes_complete_log(tiny_onnx, tmp_path, capsys):
     script = tmp_path / "demo.txt"

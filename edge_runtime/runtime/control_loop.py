@@ -54,7 +54,7 @@ class LoopConfig:
     duration: float = 30.0  # s of simulated time (0 < duration)
     realtime: bool = True
     warmup_steps: int = 20  # excluded from the latency summaries, and stated there
-    memory_every: int = 20  # sample RSS every N steps (psutil costs ~20 us)
+    memory_every: int = 20  # sample RSS every N steps (a psutil call per step would cost control time)
 
     def __post_init__(self) -> None:
         if not 1.0 <= self.rate_hz <= 1000.0:
@@ -104,7 +104,11 @@ class ControlLoop:
 
     def attach_llm(self, worker: LLMWorker, scenario: Scenario, blocking: bool) -> None:
         """Follow ``scenario`` with ``worker`` (bound here to this loop's inbox and sim clock; start
-        it afterwards); ``blocking``: wait for each instruction's answer."""
+        it afterwards); ``blocking``: wait for each instruction's answer -- fast mode only, because a
+        real-time loop that waited would have to invent a deadline policy for the pause."""
+        if blocking and self.config.realtime:
+            raise ValueError("ControlLoop.attach_llm: blocking=True needs LoopConfig(realtime=False) "
+                             "(a real-time loop never waits for the LLM)")
         self.worker, self.scenario, self.llm_blocking = worker, scenario, bool(blocking)
         worker.bind(self.deliver, lambda: self.sim_time)
 
@@ -186,10 +190,8 @@ class ControlLoop:
             llm_records: list[dict[str, Any]] = []
             waited = 0.0
             if self.worker is not None:
-                waited = self._issue_due(k, state, stop)
+                waited = self._issue_due(k, state, stop)  # > 0 only when blocking, i.e. not real time
                 self.llm_wait += waited
-                if waited and cfg.realtime:  # not used by the CLI (blocking only in fast mode)
-                    next_deadline = time.perf_counter() + period
             t0 = time.perf_counter()
             with self._lock:
                 pending, self._pending = self._pending, None

@@ -141,7 +141,8 @@ class LLMWorker:
         self._stopping = False
         self._calls = 0
         self._thread = threading.Thread(target=self._serve, name=name, daemon=True)
-        # Statistics (written by the worker thread only; read after stop()).
+        # Statistics, one writing thread each (so no lock): ``superseded`` by the thread that calls
+        # submit() / stop() (the control loop), all the others by the worker thread. Read after stop().
         self.generations = 0
         self.superseded = 0
         self.delivery_errors: list[str] = []  # outcomes the inbox refused (should stay empty)

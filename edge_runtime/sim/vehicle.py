@@ -66,22 +66,6 @@ class VehicleParams:
         return self.lf + self.lr
 
 
-@dataclass
-class VehicleDynState:
-    """Integrator state: position, steering angle, speed, yaw, yaw rate, slip angle."""
-
-    x: float = 0.0
-    y: float = 0.0
-    steer: float = 0.0
-    v: float = 0.0
-    yaw: float = 0.0
-    yaw_rate: float = 0.0
-    slip: float = 0.0
-
-    def as_tuple(self) -> tuple[float, float, float, float, float, float, float]:
-        return (self.x, self.y, self.steer, self.v, self.yaw, self.yaw_rate, self.slip)
-
-
 class SingleTrackModel:
     """Right-hand side and RK4 step of the blended dynamic/kinematic single-track model.
 

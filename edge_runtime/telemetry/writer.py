@@ -1,9 +1,14 @@
 """Telemetry files that stay valid when a run is interrupted.
 
-JSON lines are written one complete line at a time and flushed, so a killed process leaves a
-log whose every line parses; summaries are written to a temporary file and renamed into place,
-so a reader never sees half a summary. A :class:`JsonlWriter` may be shared by threads (the
-control loop and the LLM worker): each line is written under a lock, so lines never interleave.
+JSON lines are written one complete line at a time; the file is flushed every ``flush_every``
+lines (a flush per 50 ms control step would put a system call on the control thread each step)
+and flushed and fsynced on :meth:`JsonlWriter.close`, which ``edge-run`` reaches on Ctrl-C and
+SIGTERM too. A process killed without closing (SIGKILL, power loss) loses at most the lines
+written since the last flush, and its last line on disk may be cut short: every line but the
+last parses. Summaries are written to a temporary file and renamed into place, so a reader never
+sees half a summary. A :class:`JsonlWriter` may be shared by threads (the control loop, which
+also writes the LLM worker's records, and the GPU sampler's thread): each line is written under
+a lock, so lines never interleave.
 """
 
 from __future__ import annotations
