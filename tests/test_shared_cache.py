@@ -181,7 +181,7 @@ def test_cli_layouts(pruned_dir, tmp_path, capsys):
     assert cli.main([str(pruned_dir), "-o", str(out16), "--dtype", "fp16", "--parity-prompts", "1",
                      "--decision-prompts", "0", "--max-new-tokens", "8"]) == 0
     assert "concat KV cache" in capsys.readouterr().out and OnnxGenerator(out16).kv_layout == "concat"
-    for args, needle in ((["--kv-cache", "ring"], "--kv-cache must be"),
+    for args, needle in ((["--kv-cache", "ring"], "--kv-cache"),
                          (["--kv-cache", "shared", "--dtype", "fp16"], "float32 only"),
                          (["--kv-capacity", "1"], "--kv-capacity")):
         assert cli.main([str(pruned_dir), "-o", str(tmp_path / "x.onnx")] + args) == 2

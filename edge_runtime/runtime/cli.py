@@ -41,7 +41,13 @@ from typing import Any, NoReturn
 
 from ..control.mpc import FrenetMPC, MPCConfig
 from ..control.params import DEFAULT_PARAMS, MPCParams, ParameterError
-from ..sim import SimulatorUnavailableError, make_simulator, registered_simulators
+from ..sim import (
+    BUILTIN_TRACKS,
+    SimulatorUnavailableError,
+    available_simulators,
+    make_simulator,
+    registered_simulators,
+)
 from ..sim.track import TrackFormatError
 from ..sim.tracks import TRAIN_TRACK
 from ..contracts.task_enums import Category
@@ -67,33 +73,68 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
+#: --provider values: ONNX Runtime execution providers by alias; auto = TensorRT > CUDA > CPU.
+PROVIDER_CHOICES = ("cpu", "cuda", "tensorrt", "auto")
+
+DESCRIPTION = ("Drive the car in a simulator with the MPC at a fixed rate and record telemetry; with "
+               "--model, an exported LLM sets the MPC parameters from each instruction on a worker thread.")
+EPILOG = ("Writes steps.jsonl (one JSON line per control step and per LLM call) and summary.json to --out. "
+          "Ctrl-C / SIGTERM stop the run cleanly with both files written. Bad input: one line on stderr, exit 2. "
+          "Manual: docs/runtime.md.")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="edge-run", description=__doc__.split("\n")[0])
-    p.add_argument("--sim", default="track", help=f"simulator backend ({', '.join(registered_simulators())})")
-    p.add_argument("--track", default=TRAIN_TRACK, help="built-in track name or CSV path (x, y, w_right, w_left)")
+    """Every flag says its default (argparse fills in %(default)s); fixed value sets are choices."""
+    p = _Parser(prog="edge-run", description=DESCRIPTION, epilog=EPILOG)
+    runnable = available_simulators()
+    p.add_argument("--sim", default="track", metavar="{" + ",".join(runnable) + "}",
+                   help=f"simulator backend that can run here: {', '.join(runnable)} (default: %(default)s)")
+    p.add_argument("--track", default=TRAIN_TRACK,
+                   help=f"built-in track ({', '.join(BUILTIN_TRACKS)}) or the path of a CSV track "
+                        "(x_m, y_m, w_tr_right_m, w_tr_left_m per row) (default: %(default)s)")
     source = p.add_mutually_exclusive_group()
-    source.add_argument("--params", default=None, help="fixed MPC parameter JSON file, or 'default' (no LLM)")
-    source.add_argument("--model", default=None, help="exported ONNX decoder (edge-export): the LLM sets the parameters")
+    source.add_argument("--params", default=None, metavar="FILE",
+                        help="drive without an LLM on one fixed MPC parameter set: a JSON file (missing names "
+                             "take their defaults) or 'default' (default: the default parameters)")
+    source.add_argument("--model", default=None, metavar="M.onnx",
+                        help="exported ONNX decoder (edge-export): the LLM sets the parameters from each "
+                             "instruction (default: none, no LLM)")
     script = p.add_mutually_exclusive_group()
-    script.add_argument("--instruction", default=None, help="with --model: one instruction, issued at t = 0")
-    script.add_argument("--script", default=None,
-                        help="with --model: instruction script, 'TIME_S, text' per line or a JSON list")
-    p.add_argument("--duration", type=float, default=30.0, help="simulated seconds to drive")
-    p.add_argument("--rate", type=float, default=20.0, help="control rate, Hz")
-    p.add_argument("--horizon", type=int, default=20, help="MPC horizon, steps")
-    p.add_argument("--out", default="runs/latest", help="directory for steps.jsonl and summary.json")
+    script.add_argument("--instruction", default=None, metavar="TEXT",
+                        help=f"with --model: one instruction, issued at t = 0 (default: {DEFAULT_INSTRUCTION!r} "
+                             "when neither --instruction nor --script is given)")
+    script.add_argument("--script", default=None, metavar="FILE",
+                        help="with --model: instruction script, one 'TIME_S, text' per line or a JSON list of "
+                             "{\"t\": ..., \"instruction\": ...} (default: none)")
+    p.add_argument("--duration", type=float, default=30.0, metavar="S",
+                   help="simulated seconds to drive (default: %(default)s)")
+    p.add_argument("--rate", type=float, default=20.0, metavar="HZ", help="control rate in Hz (default: %(default)s)")
+    p.add_argument("--horizon", type=int, default=20, metavar="N", help="MPC horizon in steps (default: %(default)s)")
+    p.add_argument("--out", default="runs/latest", metavar="DIR",
+                   help="directory for steps.jsonl and summary.json (default: %(default)s)")
     p.add_argument("--fast", action="store_true",
-                   help="do not pace to the wall clock; with --model, wait for each answer (deterministic)")
-    p.add_argument("--threads", type=int, default=None,
-                   help="ONNX Runtime intra-op threads for the LLM (default: ONNX Runtime's choice, all cores; "
-                        "on a vehicle leave a core to the control loop)")
-    p.add_argument("--provider", default="cpu", help="ONNX Runtime provider: cpu, cuda, tensorrt or auto")
+                   help="do not pace to the wall clock; with --model, wait for each answer so that the run is "
+                        "deterministic (tests, CI) (default: off, real time)")
+    p.add_argument("--threads", type=int, default=None, metavar="N",
+                   help="ONNX Runtime intra-op threads for the LLM; on a vehicle leave a core to the control "
+                        "loop (default: ONNX Runtime's choice, all cores)")
+    p.add_argument("--provider", default="cpu", choices=PROVIDER_CHOICES,
+                   help="ONNX Runtime execution provider for the LLM; auto picks TensorRT > CUDA > CPU, "
+                        "whichever is installed (default: %(default)s)")
     p.add_argument("--gpu-interval", type=float, default=0.5, metavar="S",
-                   help="GPU / Jetson telemetry every S seconds (tegrastats or NVML, when found; 0: off)")
+                   help="GPU / Jetson telemetry every S seconds, from tegrastats or NVML when found; 0 turns it "
+                        "off (default: %(default)s)")
     p.add_argument("--constrained", action=argparse.BooleanOptionalAction, default=False,
-                   help="with --model: grammar-constrained decoding, every answer parses and forced tokens skip "
-                        "the forward pass (edge_runtime.runtime.constrained; default: off, the model's own output)")
+                   help="with --model: grammar-constrained decoding, so every answer parses and tokens the "
+                        "grammar fixes skip the forward pass (default: off, the model's own output)")
     return p
+
+
+def _check_sim(name: str) -> None:
+    """A registered backend that cannot run (carla) refuses in make_simulator with its own reason;
+    anything else unknown is named here together with what can run."""
+    if name not in registered_simulators():
+        raise ValueError(f"--sim: unknown simulator {name!r}; use one of: {', '.join(available_simulators())}")
 
 
 def _fail(message: object) -> int:
@@ -233,6 +274,7 @@ def main(argv: list[str] | None = None) -> int:
         if not (args.gpu_interval >= 0 and args.gpu_interval < float("inf")):
             raise ValueError(f"--gpu-interval must be >= 0 seconds (0: off), got {args.gpu_interval}")
         scenario, note = _scenario(args)
+        _check_sim(args.sim)
         sim = make_simulator(args.sim, track=args.track)
     except (ParameterError, TrackFormatError, SimulatorUnavailableError, ScriptError, ValueError) as exc:
         return _fail(exc)
