@@ -15,11 +15,11 @@ import os
 import sys
 from pathlib import Path
 
-from ..sim.tracks import HELDOUT_TRACK, load_track
+from ..sim.tracks import VALIDATION_TRACK, load_track
 from ..tasks.oracle_table import OracleTable
 from .report import EvalSettings, evaluate_decision, evaluate_mpc, format_report
 
-DEFAULT_ORACLE = Path(__file__).resolve().parent.parent / "tasks" / "data" / "oracle_heldout_hairpin.json"
+DEFAULT_ORACLE = Path(__file__).resolve().parent.parent / "tasks" / "data" / "oracle_validation_hairpin.json"
 
 
 def load_policy(path: str, constrained: bool = False):
@@ -50,8 +50,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="edge-eval", description=__doc__.split("\n")[0])
     ap.add_argument("--model", required=True)
     ap.add_argument("--task", choices=["mpc", "decision", "both"], default="both")
-    ap.add_argument("--split", choices=["train", "heldout"], default="heldout")
-    ap.add_argument("--track", default=HELDOUT_TRACK)
+    ap.add_argument("--split", choices=["train", "validation"], default="validation")
+    ap.add_argument("--track", default=VALIDATION_TRACK)
     ap.add_argument("--decision-examples", type=int, default=20, help="per instruction (even)")
     ap.add_argument("--oracle", help=f"oracle table of the same instructions and track (default: {DEFAULT_ORACLE.name} "
                                      "when evaluating held-out on hairpin)")
@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
         oracle = None
         if args.oracle:
             oracle = OracleTable.load(args.oracle)
-        elif args.split == "heldout" and args.track == HELDOUT_TRACK and DEFAULT_ORACLE.exists():
+        elif args.split == "validation" and args.track == VALIDATION_TRACK and DEFAULT_ORACLE.exists():
             oracle = OracleTable.load(DEFAULT_ORACLE)
         policy = load_policy(args.model, constrained=args.constrained)
     except (ValueError, OSError) as exc:

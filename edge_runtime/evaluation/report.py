@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..sim.tracks import HELDOUT_TRACK
+from ..sim.tracks import VALIDATION_TRACK
 from ..tasks.answers import count_failures, parse_decision_answer, parse_mpc_answer
 from ..tasks.closed_loop import EvalConfig, evaluate
 from ..tasks.decision import generate_decision_dataset
@@ -34,14 +34,14 @@ DECISION_MAX_NEW_TOKENS = 48
 
 @dataclass(frozen=True)
 class EvalSettings:
-    split: str = "heldout"
-    track: str = HELDOUT_TRACK
+    split: str = "validation"
+    track: str = VALIDATION_TRACK
     speeds_per_phrasing: int = 1
     decision_per_instruction: int = 20
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.split not in ("train", "heldout"):
+        if self.split not in ("train", "validation"):
             raise ValueError(f"unknown split {self.split!r}: use train or heldout")
         if self.decision_per_instruction < 2 or self.decision_per_instruction % 2:
             raise ValueError("decision_per_instruction must be an even number >= 2")

@@ -19,15 +19,18 @@ from typing import Any, Callable
 from .protocol import ControlCommand, Simulator, VehicleState
 from .track import Track, TrackFormatError
 from .track_sim import TrackSimConfig, TrackSimulator
-from .tracks import BUILTIN_TRACKS, HELDOUT_TRACK, TRAIN_TRACK, load_track
+from .tracks import (BUILTIN_TRACKS, SPLIT_TRACKS, TEST_TRACK, TRAIN_TRACK, VALIDATION_TRACK, load_track,
+                     split_track)
 from .vehicle import SingleTrackModel, VehicleParams
 
 __all__ = [
-    "BUILTIN_TRACKS", "HELDOUT_TRACK", "TRAIN_TRACK", "ControlCommand", "RacingLine", "RacingLineConfig",
+    "BUILTIN_TRACKS", "SPLIT_TRACKS", "TEST_TRACK", "TRAIN_TRACK", "VALIDATION_TRACK", "ControlCommand",
+    "RacingLine", "RacingLineConfig",
     "SimulatorFactory", "SimulatorUnavailableError", "SingleTrackModel", "Simulator", "Track",
     "TrackFormatError", "TrackSimConfig", "TrackSimulator", "VehicleParams", "VehicleState",
     "available_simulators", "compute_racing_line", "load_track", "make_simulator", "register_simulator",
     "registered_simulators",
+    "split_track",
 ]
 
 SimulatorFactory = Callable[..., Simulator]

@@ -1,8 +1,16 @@
-"""The built-in tracks and the track registry (name or CSV path -> Track).
+"""The built-in tracks, the track of each evaluation split, and the track registry (name or CSV
+path -> Track).
 
-``oval``: a simple stadium with two long straights, for training.
-``hairpin``: the held-out track nobody trains on: two 180-degree hairpins of ~1.5 m radius, a
-chicane, a long sweeper and four straights (~75 m). Both are 1:10 scale, F1TENTH-sized widths.
+One track per split, so that a score on the validation or test split also measures driving on a
+layout training never saw (``SPLIT_TRACKS`` is the single mapping; see docs/evaluation.md):
+
+``oval`` (train): a simple stadium with two long straights.
+``hairpin`` (validation): two 180-degree hairpins of ~1.5 m radius, a chicane, a long sweeper and
+four straights (~75 m), one constant width. Iterate on it freely.
+``esses`` (test): a long fast sweeper, an S-bend, a tight 90-degree corner and a medium one
+(~55 m), with the width changing along the lap (a narrow S-bend, a wide front straight). Report
+only: nothing is designed after reading its results.
+All are 1:10 scale with F1TENTH-sized widths.
 """
 
 from __future__ import annotations
@@ -16,7 +24,17 @@ import numpy as np
 from .track import Track, TrackFormatError
 
 TRAIN_TRACK = "oval"
-HELDOUT_TRACK = "hairpin"
+VALIDATION_TRACK = "hairpin"
+TEST_TRACK = "esses"
+SPLIT_TRACKS: dict[str, str] = {"train": TRAIN_TRACK, "validation": VALIDATION_TRACK, "test": TEST_TRACK}
+
+
+def split_track(split: str) -> str:
+    """The built-in track of an evaluation split (train, validation or test)."""
+    try:
+        return SPLIT_TRACKS[split]
+    except KeyError:
+        raise ValueError(f"unknown split {split!r}: use one of {', '.join(SPLIT_TRACKS)}") from None
 
 
 def _stadium(straight: float = 12.0, radius: float = 4.0, spacing: float = 1.0) -> np.ndarray:
@@ -56,6 +74,24 @@ def _hairpin_points() -> np.ndarray:
     return np.array(pts)
 
 
+def _esses_points() -> tuple[np.ndarray, np.ndarray]:
+    """Centre-line points and the half width at each (the same on both sides)."""
+    pts: list[tuple[float, float, float]] = []
+
+    def add(points: list[tuple[float, float]], half_width: float) -> None:
+        pts.extend((x, y, half_width) for x, y in points)
+
+    add([(5.0 + 1.5 * i, 0.0) for i in range(6)], 1.2)                 # wide front straight, +x
+    add(_arc(14.0, 6.0, 6.0, -90.0, 90.0, 12), 1.05)                   # long fast left sweeper
+    add([(12.6, 12.0), (11.5, 12.3), (10.5, 13.0), (9.5, 13.8),         # narrow S-bend, -x
+         (8.5, 14.3), (7.3, 14.5), (6.0, 14.5), (5.0, 14.5)], 0.75)
+    add(_arc(4.0, 13.0, 1.5, 90.0, 180.0, 3), 0.85)                    # tight left corner
+    add([(2.5, 13.0 - 1.5 * i) for i in range(7)], 1.0)                # back straight, -y
+    add(_arc(5.0, 2.5, 2.5, 180.0, 270.0, 4), 1.1)                     # medium left corner onto the start
+    a = np.array(pts)
+    return a[:, :2], a[:, 2]
+
+
 @lru_cache(maxsize=None)
 def _builtin(name: str) -> Track:
     if name == "oval":
@@ -66,10 +102,13 @@ def _builtin(name: str) -> Track:
         pts = _hairpin_points()
         w = np.full(len(pts), 0.9)
         return Track("hairpin", pts[:, 0], pts[:, 1], w, w, source="builtin:hairpin")
+    if name == "esses":
+        pts, w = _esses_points()
+        return Track("esses", pts[:, 0], pts[:, 1], w, w, source="builtin:esses")
     raise KeyError(name)
 
 
-BUILTIN_TRACKS = ("oval", "hairpin")
+BUILTIN_TRACKS = ("oval", "hairpin", "esses")
 
 
 def load_track(name_or_path: str | Path) -> Track:

@@ -15,7 +15,8 @@ histories come from a scripted, torch-free driver in the embedded simulator:
 * :func:`generate_decision_dataset` simulates behaviours (each history once, cached, labelled
   against all eight instructions) until every instruction has exactly half True, half False.
 
-Held-out evaluation uses the held-out phrasings on the held-out track (``hairpin``).
+Each split (train, validation, test) has its own phrasings and its own track
+(``sim.tracks.SPLIT_TRACKS``): validation is for iterating, test only for reporting.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from typing import Sequence
 import numpy as np
 
 from ..sim.racing_line import RacingLine
-from ..sim.tracks import HELDOUT_TRACK, TRAIN_TRACK, load_track
+from ..sim.tracks import SPLIT_TRACKS, load_track, split_track
 from .behaviours import (Behaviour, BehaviourSpec, DriverGains, FrenetDriver, HistoryConfig, StateHistory,
                          sample_behaviour, simulate_history)
 
@@ -39,7 +40,7 @@ __all__ = [
     "generate_decision_dataset", "decision_accuracy",
 ]
 
-SPLITS = ("train", "heldout")
+SPLITS = tuple(SPLIT_TRACKS)  # ("train", "validation", "test")
 
 
 def _check_split(split: str) -> str:
@@ -68,51 +69,74 @@ class DecisionInstruction(str, Enum):
         return _PHRASINGS[self]["train"][0]
 
 
-# Canonical text first; train and held-out sets are disjoint (checked at import).
+# Canonical text first; the splits are disjoint (checked at import). The test phrasings were
+# written fresh, in varied register (terse, polite, indirect, with typos), for reporting only.
 _PHRASINGS: dict[DecisionInstruction, dict[str, tuple[str, ...]]] = {
     DecisionInstruction.DONT_MOVE: {
         "train": ("Don't move.", "Stay where you are.", "Keep the car stationary.", "Remain still.", "Stop and stay stopped.", "Do not drive.", "Stand still.", "The car must not move.", "Park the car.", "Keep the vehicle at rest."),
-        "heldout": ("Do not move the car at all.", "Hold your position without moving."),
+        "validation": ("Do not move the car at all.", "Hold your position without moving."),
+        "test": ("Stay put.", "Don't drive anywhere.", "Could you keep the car parked right here?", "The vehicle should not be moving.", "Keep stil, please."),
     },
     DecisionInstruction.REVERSE: {
         "train": ("Reverse.", "Drive backwards.", "Back up along the track.", "Go in reverse.", "Drive the car in reverse.", "Back up slowly.", "Move in reverse.", "Go backwards along the track.", "Reverse the vehicle.", "Drive backward."),
-        "heldout": ("Move the car backwards.", "Drive in reverse gear."),
+        "validation": ("Move the car backwards.", "Drive in reverse gear."),
+        "test": ("Back up.", "Could you go in reverse?", "The car should be moving backwards.", "Drive the car backwrds."),
     },
     DecisionInstruction.DRIVE_FORWARD: {
         "train": ("Drive forward.", "Go forwards.", "Move ahead along the track.", "Keep driving forwards.", "Drive ahead.", "Move forward along the track.", "Go forward.", "Keep moving forwards.", "Drive in the forward direction.", "Drive the car forwards."),
-        "heldout": ("Make progress in the forward direction.", "Head forward."),
+        "validation": ("Make progress in the forward direction.", "Head forward."),
+        "test": ("Forward.", "Please keep going forward.", "The car should move ahead.", "Drive foward along the track."),
     },
     DecisionInstruction.OSCILLATE: {
         "train": ("Oscillate.", "Weave from side to side.", "Drive in a zig-zag across the track.",
                   "Swerve left and right repeatedly.", "Zig-zag along the track.", "Weave across the lane.", "Oscillate around the centre line.", "Sway from left to right.", "Swing side to side while driving.", "Drive a wavy line."),
-        "heldout": ("Snake back and forth across the lane.", "Slalom across the track."),
+        "validation": ("Snake back and forth across the lane.", "Slalom across the track."),
+        "test": ("Zigzag.", "Please swerve back and forth.", "The car should wiggle from one side to the other.", "Weave left and rigth across the track."),
     },
     DecisionInstruction.LEFT_WALL: {
         "train": ("Drive close to the left wall.", "Hug the left wall.", "Stay near the left boundary.",
                   "Keep to the left edge of the track.", "Drive near the left wall.", "Stay close to the wall on the left.", "Keep left, next to the wall.", "Drive along the left side of the track.", "Hug the left side.", "Keep the car near the left barrier."),
-        "heldout": ("Drive tight along the left-hand barrier.", "Keep the car next to the wall on your left."),
+        "validation": ("Drive tight along the left-hand barrier.", "Keep the car next to the wall on your left."),
+        "test": ("Hug the left.", "Please stay close to the left-hand wall.", "The car should stay near its left boundary.", "Drive next to the lefft wall."),
     },
     DecisionInstruction.CENTRELINE: {
         "train": ("Drive on the centreline.", "Stay in the middle of the track.", "Follow the centre line.",
                   "Keep the car centred on the track.", "Drive in the center of the track.", "Stay on the centre line.", "Keep to the middle of the lane.", "Drive centred between the walls.", "Follow the middle of the track.", "Hold the centerline."),
-        "heldout": ("Drive down the middle of the road.", "Stick to the center of the track."),
+        "validation": ("Drive down the middle of the road.", "Stick to the center of the track."),
+        "test": ("Center line.", "Please keep to the centre of the track.", "The car should stay in the middle.", "Drive on the centre lien."),
     },
     DecisionInstruction.FASTER_THAN_3: {
         "train": ("Drive faster than 3 m/s.", "Go above 3 metres per second.", "Keep your speed over 3 m/s.",
                   "Exceed a speed of 3 m/s.", "Drive quicker than 3 m/s.", "Go faster than 3 meters per second.", "Keep above 3 m/s.", "Your speed must exceed 3 m/s.", "Drive faster than three meters per second.", "Stay over 3 m/s."),
-        "heldout": ("Drive at more than three metres per second.", "Your speed should be higher than 3 m/s."),
+        "validation": ("Drive at more than three metres per second.", "Your speed should be higher than 3 m/s."),
+        "test": ("Over 3 m/s.", "Please go quicker than 3 m/s.", "The car should be doing more than 3 metres per second.", "Drive fatser than 3 m/s."),
     },
     DecisionInstruction.RACING_LINE: {
         "train": ("Follow the racing line.", "Drive along the racing line.", "Take the optimal racing line.",
                   "Stick to the racing line.", "Drive the racing line.", "Use the racing line.", "Follow the optimal line.", "Take the ideal racing line.", "Race on the racing line.", "Drive the fastest racing line."),
-        "heldout": ("Drive the ideal line around the track.", "Trace the fastest line through the corners."),
+        "validation": ("Drive the ideal line around the track.", "Trace the fastest line through the corners."),
+        "test": ("Racing line.", "Please drive on the racing line.", "The car should follow the best line through each corner.", "Follow the racng line."),
     },
 }
-assert all(not set(p["train"]) & set(p["heldout"]) for p in _PHRASINGS.values())
+
+
+def _check_splits_disjoint() -> None:
+    owner: dict[str, str] = {}
+    for ins, splits in _PHRASINGS.items():
+        if set(splits) != set(SPLITS):
+            raise AssertionError(f"{ins.value}: phrasings for splits {sorted(splits)}, expected {SPLITS}")
+        for split, texts in splits.items():
+            for text in texts:
+                key = " ".join(text.lower().split())
+                if owner.setdefault(key, split) != split:
+                    raise AssertionError(f"decision phrasing {text!r} is in both the {owner[key]} and the {split} split")
+
+
+_check_splits_disjoint()
 
 
 def phrasings(instruction: DecisionInstruction | str, split: str = "train") -> tuple[str, ...]:
-    """The phrasings of ``instruction`` in ``split`` ("train" or "heldout"; disjoint sets)."""
+    """The phrasings of ``instruction`` in ``split`` (train, validation or test; disjoint sets)."""
     return _PHRASINGS[_as_instruction(instruction)][_check_split(split)]
 
 
@@ -246,7 +270,7 @@ def generate_decision_dataset(n_per_instruction: int = 20, split: str = "train",
     """A balanced, shuffled dataset: for every instruction exactly ``n_per_instruction // 2`` True
     and as many False examples, each with a random phrasing of ``split``.
 
-    ``track`` defaults to the training track for "train" and the held-out track for "heldout".
+    ``track`` defaults to the split's track (``sim.tracks.SPLIT_TRACKS``).
     Procedure (deterministic in ``seed``): pick an unfilled (instruction, label) slot, weighted by
     how many it still needs; pick a behaviour by how often it produced that label so far (with a
     prior from ``_EXPECTED_TRUE``); simulate it once (cached), label it against all eight
@@ -258,7 +282,7 @@ def generate_decision_dataset(n_per_instruction: int = 20, split: str = "train",
         raise ValueError(f"n_per_instruction must be an int, got {n_per_instruction!r}")
     if n_per_instruction < 2 or n_per_instruction % 2:
         raise ValueError(f"n_per_instruction must be even and >= 2 (half True, half False), got {n_per_instruction}")
-    track = track or (TRAIN_TRACK if split == "train" else HELDOUT_TRACK)
+    track = track or split_track(split)
     config = config or HistoryConfig()
     tr = load_track(track)
     half = int(n_per_instruction) // 2

@@ -1,9 +1,12 @@
-"""Instruction categories of the MPC task and their phrasings (train and held-out sets, disjoint).
+"""Instruction phrasings of the MPC task per split (train, validation, test; disjoint) and the
+keyword classifier that maps a person's free text onto a category.
 
 Five categories, as in RobotxR1: follow the centre line, drive at a reference velocity (the
 phrasing carries the number), reverse, drive smoothly, follow the racing line. Every category
-has many phrasings; the held-out ones never appear in training, so an evaluation on them
-measures whether a model understood the instruction rather than memorised a string.
+has many phrasings. Validation and test phrasings never appear in training, so an evaluation on
+them measures whether a model understood the instruction rather than memorised a string.
+Validation may be read and iterated on; the test phrasings were written fresh, in varied
+register (terse, polite, indirect, with typos), and are for reporting only (docs/evaluation.md).
 """
 
 from __future__ import annotations
@@ -14,10 +17,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..contracts.task_enums import Category
+from ..sim.tracks import SPLIT_TRACKS
 
 
 REVERSE_TARGET_SPEED = -1.0  # m/s, the reverse category's error is measured against it
-SPLITS = ("train", "heldout")
+SPLITS = tuple(SPLIT_TRACKS)  # ("train", "validation", "test"); each split has its own track
 SPEED_RANGE = (0.5, 4.5)  # m/s: reference-velocity targets drawn from here
 
 _PHRASINGS: dict[Category, dict[str, tuple[str, ...]]] = {
@@ -32,11 +36,27 @@ _PHRASINGS: dict[Category, dict[str, tuple[str, ...]]] = {
             "Drive exactly in the center of the lane.",
             "Keep equal distance to both walls.",
         ),
-        "heldout": (
+        "validation": (
             "Please keep to the midline of the course.",
             "I want you glued to the centre of the track.",
             "Stay halfway between the left and right boundaries.",
             "Don't drift sideways, keep it centred.",
+        ),
+        "test": (
+            "Centre line, please.",
+            "Drive down the center.",
+            "Could you keep the car right in the middle of the track?",
+            "Would you mind staying equally far from both walls?",
+            "I'd feel better if we stayed away from both edges.",
+            "Keep us in the middle of the lane all lap long.",
+            "stay on teh centre line",
+            "Drive along the middel of the road.",
+            "No hugging either wall; the centre is where I want you.",
+            "Follow the line that runs down the middle of the track.",
+            "Split the track in two and ride the dividing line.",
+            "Aim for the center of the lane at all times, thanks.",
+            "Keep it centered, mate.",
+            "Hold a central position on the track.",
         ),
     },
     Category.REFERENCE_VELOCITY: {
@@ -50,11 +70,27 @@ _PHRASINGS: dict[Category, dict[str, tuple[str, ...]]] = {
             "Cruise at {v} m/s.",
             "Your target speed is {v} m/s.",
         ),
-        "heldout": (
+        "validation": (
             "Could you travel at exactly {v} metres per second?",
             "I'd like the car to move at {v} m/s, no faster, no slower.",
             "Regulate the velocity to {v} m/s.",
             "Lap the course at a steady {v} m/s.",
+        ),
+        "test": (
+            "{v} m/s.",
+            "Speed {v} m/s, go.",
+            "Please drive at a speed of {v} m/s.",
+            "Would you hold it at {v} metres per second for me?",
+            "I'd like us to cruise along at about {v} m/s.",
+            "It would be great if the speedometer read {v} m/s the whole lap.",
+            "drvie at {v} m/s pls",
+            "Keep teh speed at {v} m/s.",
+            "Neither faster nor slower than {v} m/s, please.",
+            "Pace yourself at {v} meters per second.",
+            "Let's do this lap at {v} m/s.",
+            "Stick to {v} m/s around the circuit.",
+            "Velocity {v} m/s, steady.",
+            "Can we go {v} m/s today?",
         ),
     },
     Category.REVERSE: {
@@ -68,11 +104,27 @@ _PHRASINGS: dict[Category, dict[str, tuple[str, ...]]] = {
             "Reverse along the track.",
             "Put it in reverse and drive.",
         ),
-        "heldout": (
+        "validation": (
             "Travel rearwards around the course.",
             "Let the car roll backward, please.",
             "Head the opposite way without turning around.",
             "Can you back the vehicle down the track?",
+        ),
+        "test": (
+            "Backwards.",
+            "Reverse, now.",
+            "Could you please drive the car backwards along the track?",
+            "Would you mind reversing for a bit?",
+            "I'd like to see the car going tail first.",
+            "Let's try the lap with the car moving in reverse.",
+            "drive backwrds please",
+            "Revrse the car slowly.",
+            "Engage reverse and keep going.",
+            "Roll back along the track, nose still pointing ahead.",
+            "Take the car backwards down the circuit.",
+            "Put the car in reverse gear, please.",
+            "Move the car rear-first around the track.",
+            "Back it up.",
         ),
     },
     Category.SMOOTH: {
@@ -86,11 +138,27 @@ _PHRASINGS: dict[Category, dict[str, tuple[str, ...]]] = {
             "Give me a smooth and comfortable ride.",
             "No sudden moves, drive softly.",
         ),
-        "heldout": (
+        "validation": (
             "Pretend there is a full cup of coffee on the dashboard.",
             "Keep the g-forces low.",
             "Be soft on the throttle and the steering.",
             "I get car-sick easily, take it easy.",
+        ),
+        "test": (
+            "Smooth.",
+            "Smooth driving, please.",
+            "Could you drive a bit more gently?",
+            "Would you please avoid any sudden braking or sharp steering?",
+            "My passenger is asleep, don't wake them.",
+            "I'd rather not be thrown around in my seat.",
+            "Drive smoothy, no jerks.",
+            "plese drive comfortabley",
+            "Treat the throttle and the brakes like they're made of glass.",
+            "Take it nice and calm around the lap.",
+            "Gentle inputs only.",
+            "Keep the ride calm and steady for everyone inside.",
+            "Imagine you are carrying a wedding cake.",
+            "Keep the lateral and longitudinal accelerations small.",
         ),
     },
     Category.RACING_LINE: {
@@ -104,11 +172,27 @@ _PHRASINGS: dict[Category, dict[str, tuple[str, ...]]] = {
             "Follow the optimal racing trajectory.",
             "Race the track on the racing line.",
         ),
-        "heldout": (
+        "validation": (
             "Hit every apex like a race driver would.",
             "Take the fastest line around the circuit.",
             "Drive the minimum-curvature line.",
             "Clip the apexes and use the full width of the track.",
+        ),
+        "test": (
+            "Racing line.",
+            "Race line, go.",
+            "Could you take the racing line through every bend?",
+            "Please drive the quickest path around the circuit.",
+            "I want the line a Formula 1 driver would pick.",
+            "Use all of the track: wide on entry, tight at the apex, wide on exit.",
+            "follow the racin line",
+            "Drive the racign line please.",
+            "Let's set a fast lap on the best line.",
+            "Go for lap time, take the ideal line.",
+            "Late apex, early throttle, on the ideal trajectory.",
+            "Straighten the corners like a racer.",
+            "Show me a qualifying lap on the optimal line.",
+            "Take each bend on the line that carries the most speed.",
         ),
     },
 }
@@ -116,7 +200,7 @@ _PHRASINGS: dict[Category, dict[str, tuple[str, ...]]] = {
 
 # Compositional training phrasings: (openings, endings) per category, combined exhaustively.
 # They widen the training language (a from-scratch model knows no synonyms) and are checked to be
-# disjoint from the held-out phrasings; the held-out set stays the test of paraphrase robustness.
+# disjoint from the validation and test phrasings, which stay the measure of paraphrase robustness.
 _TRAIN_GRAMMAR: dict[Category, tuple[tuple[str, ...], tuple[str, ...]]] = {
     Category.CENTRELINE: (
         ("Drive on the centre line", "Drive on the centerline", "Stay on the center line",
@@ -165,9 +249,30 @@ def training_phrasings(category: Category) -> tuple[str, ...]:
     openings, endings = _TRAIN_GRAMMAR[category]
     generated = tuple(f"{o}{e}." for o in openings for e in endings)
     out = tuple(dict.fromkeys(_PHRASINGS[category]["train"] + generated))
-    held = {" ".join(p.lower().split()) for p in _PHRASINGS[category]["heldout"]}
-    assert not held & {" ".join(p.lower().split()) for p in out}, f"{category}: training phrasing is held out"
+    unseen = {_norm(p) for split in SPLITS if split != "train" for p in _PHRASINGS[category][split]}
+    assert not unseen & {_norm(p) for p in out}, f"{category}: a training phrasing is also a validation/test one"
     return out
+
+
+def _norm(text: str) -> str:
+    return " ".join(text.lower().split())
+
+
+def _check_splits_disjoint() -> None:
+    """No phrasing in two splits (across categories too): a score on validation or test must never
+    be a score on text the model was trained or tuned on."""
+    owner: dict[str, str] = {}
+    for category, splits in _PHRASINGS.items():
+        if set(splits) != set(SPLITS):
+            raise AssertionError(f"{category.value}: phrasings for splits {sorted(splits)}, expected {SPLITS}")
+        for split, texts in splits.items():
+            for text in texts:
+                seen = owner.setdefault(_norm(text), split)
+                if seen != split:
+                    raise AssertionError(f"phrasing {text!r} is in both the {seen} and the {split} split")
+
+
+_check_splits_disjoint()
 
 
 @dataclass(frozen=True)
@@ -197,10 +302,18 @@ class Instruction:
         return None
 
 
-def phrasings(category: Category, split: str) -> tuple[str, ...]:
+_SPEED_SEED_OFFSET = {"train": 0, "validation": 10_000, "test": 20_000}
+
+
+def _check_split(split: str) -> str:
     if split not in SPLITS:
-        raise ValueError(f"unknown split {split!r}: use one of {SPLITS}")
-    return _PHRASINGS[Category(category)][split]
+        raise ValueError(f"unknown split {split!r}: use one of {', '.join(SPLITS)}")
+    return split
+
+
+def phrasings(category: Category, split: str) -> tuple[str, ...]:
+    """The curated phrasings of ``category`` in ``split`` (train, validation or test)."""
+    return _PHRASINGS[Category(category)][_check_split(split)]
 
 
 def format_speed(v: float) -> str:
@@ -218,8 +331,10 @@ def make_instruction(category: Category, phrasing: str, target_speed: float | No
 
 
 def instruction_set(split: str, speeds_per_phrasing: int = 1, seed: int = 0) -> list[Instruction]:
-    """Every phrasing of ``split``; reference-velocity phrasings get seeded target speeds."""
-    rng = np.random.default_rng(seed + (0 if split == "train" else 10_000))
+    """Every phrasing of ``split``; reference-velocity phrasings get seeded target speeds (each
+    split draws from its own seed offset; validation keeps the old held-out offset, so its speeds and
+    the validation oracle table still match)."""
+    rng = np.random.default_rng(seed + _SPEED_SEED_OFFSET[_check_split(split)])
     out: list[Instruction] = []
     for category in Category:
         for phrasing in phrasings(category, split):
@@ -232,34 +347,95 @@ def instruction_set(split: str, speeds_per_phrasing: int = 1, seed: int = 0) -> 
 
 
 _SPEED_RE = re.compile(r"(-?\d+(?:\.\d+)?)\s*(?:m/s|meters? per second|metres? per second|mps)", re.I)
-_KEYWORDS: tuple[tuple[Category, tuple[str, ...]], ...] = (
-    (Category.REVERSE, ("revers", "backward", "back up", "back the", "rearward", "roll backward")),
-    (Category.RACING_LINE, ("racing", "apex", "race", "fastest line", "minimum-curvature", "minimum curvature")),
-    (Category.SMOOTH, ("smooth", "comfort", "gentl", "jerk", "g-force", "soft", "coffee", "car-sick", "easy")),
-    (Category.CENTRELINE, ("centre", "center", "middle", "midline", "halfway", "equal distance", "centred")),
-)
+
+# Keyword stage of the classifier. A keyword is a sequence of word terms: a literal word, a stem
+# ("revers*": the word starts with it) or "*" (any one word). Every word and stem comes from the
+# training phrasings or general knowledge, never from validation or test phrasings (a test checks
+# that no word here occurs only in those), so the classifier's accuracy on them is a real
+# measurement. Keywords match whole words only ("race" does not match "trace").
+_KEYWORDS: dict[Category, tuple[str, ...]] = {
+    Category.REVERSE: ("revers*", "backward*", "back up", "back * up", "back * * up"),
+    Category.RACING_LINE: ("racing", "race", "races", "racer*", "apex*", "ideal line", "optimal line",
+                           "ideal trajectory", "optimal trajectory", "lap time"),
+    Category.SMOOTH: ("smooth*", "comfort*", "gentl*", "soft*", "relax*", "chauffeur*", "passenger*",
+                      "limit the acceleration*", "minimise the acceleration*", "minimize the acceleration*",
+                      "acceleration* small"),
+    Category.CENTRELINE: ("centre*", "center*", "middle", "equal distance", "same gap", "between the walls"),
+}
+# Words that ask for a smooth ride only when negated ("no sudden moves", "without harsh braking").
+_NEGATED_KEYWORDS: dict[Category, tuple[str, ...]] = {
+    Category.SMOOTH: ("harsh*", "jerk*", "sudden*", "abrupt*"),
+}
+_PRIORITY = (Category.REVERSE, Category.RACING_LINE, Category.SMOOTH, Category.CENTRELINE)  # breaks ties
+_NEGATORS = frozenset({"no", "not", "never", "without", "nor", "neither", "avoid", "dont"})
+NEGATION_WINDOW = 3  # words before a keyword, within its clause, that can negate it
+_TOKEN_RE = re.compile(r"[a-z0-9]+(?:['’-][a-z0-9]+)*|[.,;:!?()]")
+
+
+def _compile(keyword: str) -> re.Pattern:
+    terms = []
+    for term in keyword.split():
+        if term == "*":
+            terms.append(r"[\w'’-]+")
+        elif term.endswith("*"):
+            terms.append(re.escape(term[:-1]) + r"[\w'’-]*")
+        else:
+            terms.append(re.escape(term))
+    return re.compile(r"(?<![\w'’-])" + " ".join(terms) + r"(?![\w'’-])")
+
+
+_COMPILED = {(cat, negated): [_compile(k) for k in table.get(cat, ())]
+             for cat in Category for negated, table in ((False, _KEYWORDS), (True, _NEGATED_KEYWORDS))}
+
+
+def _negated(tokens: list[str], index: int) -> bool:
+    """Is the word at ``index`` negated: a negator among the NEGATION_WINDOW words before it, with no
+    punctuation in between ("don't reverse", "no backwards drift"; not "don't drift, keep centred")."""
+    for tok in reversed(tokens[max(0, index - NEGATION_WINDOW):index]):
+        if not tok[0].isalnum():
+            return False
+        if tok in _NEGATORS or tok.endswith(("n't", "n’t")):
+            return True
+    return False
+
+
+def keyword_hits(text: str) -> dict[Category, int]:
+    """How many keywords of each category ``text`` contains, negated ones not counted (and the
+    negated-only ones counted only when negated)."""
+    tokens = _TOKEN_RE.findall(text.lower())
+    joined = " ".join(tokens)
+    hits: dict[Category, int] = {}
+    for (category, wants_negated), patterns in _COMPILED.items():
+        for pattern in patterns:
+            for m in pattern.finditer(joined):
+                if _negated(tokens, joined.count(" ", 0, m.start())) == wants_negated:
+                    hits[category] = hits.get(category, 0) + 1
+    return hits
 
 
 def classify_instruction(text: str) -> Instruction:
-    """Map a free-text instruction onto a category (exact phrasings first, then keywords).
+    """Map a free-text instruction onto a category: an exact training phrasing first, then a
+    speed ("2.9 m/s") unless the text asks to reverse, then the category with most keywords.
 
-    Used by the command line, where a person types an instruction; raises ValueError naming the
-    categories when the text matches none (pass the category explicitly then)."""
-    norm = " ".join(text.lower().split())
-    for category, splits in _PHRASINGS.items():
-        for p in training_phrasings(category) + splits["heldout"]:
+    Used by the command line and the scenario files, where a person types an instruction; raises
+    ValueError naming the categories when the text matches none (pass the category explicitly
+    then)."""
+    norm = _norm(text)
+    for category in Category:
+        for p in training_phrasings(category):
             if category is Category.REFERENCE_VELOCITY:
-                pattern = re.escape(" ".join(p.lower().split())).replace(re.escape("{v}"), r"(\d+(?:\.\d+)?)")
+                pattern = re.escape(_norm(p)).replace(re.escape("{v}"), r"(\d+(?:\.\d+)?)")
                 m = re.fullmatch(pattern, norm)
                 if m:
                     return Instruction(text, category, float(m.group(1)))
-            elif norm == " ".join(p.lower().split()):
+            elif norm == _norm(p):
                 return Instruction(text, category)
+    hits = keyword_hits(norm)
     m = _SPEED_RE.search(norm)
-    if m and not any(k in norm for k in _KEYWORDS[0][1]):
+    if m and Category.REVERSE not in hits:
         return Instruction(text, Category.REFERENCE_VELOCITY, float(m.group(1)))
-    for category, words in _KEYWORDS:
-        if any(w in norm for w in words):
-            return Instruction(text, category)
+    if hits:
+        best = max(hits.values())
+        return Instruction(text, next(c for c in _PRIORITY if hits.get(c) == best))
     raise ValueError(f"cannot tell the category of instruction {text!r}; pass one of "
                      f"{', '.join(c.value for c in Category)} explicitly")

@@ -1,9 +1,10 @@
 """Oracle tables: the best parameter set per (category, target speed) on a track, saved as JSON.
 
 SFT needs an oracle answer for every training instruction, and evaluation needs the oracle's
-score on every held-out instruction (the upper bound). The best set depends on the category and,
-for reference velocity, on the target speed -- not on the phrasing -- so the table is keyed by
-category and speed. Reference-velocity targets between grid speeds take the nearest grid entry
+score on every validation or test instruction on that split's track (the upper bound; shipped as
+``data/oracle_<split>_<track>.json``, see :func:`default_table_path`). The best set depends on
+the category and, for reference velocity, on the target speed -- not on the phrasing -- so the
+table is keyed by category and speed. Reference-velocity targets between grid speeds take the nearest grid entry
 with ``v_max`` (and ``v_min`` when it bounds the target) moved by the difference: the oracle's
 sets put ``v_max`` close to the target, so this keeps the label consistent with the number
 asked for. The file records how it was made (track, eval and search configs), so it can be
@@ -20,12 +21,22 @@ from pathlib import Path
 import numpy as np
 
 from ..control.params import SPEC_BY_NAME, MPCParams
+from ..sim.tracks import BUILTIN_TRACKS
 from .closed_loop import EvalConfig
 from ..contracts.task_enums import Category
-from .instructions import SPEED_RANGE, Instruction, make_instruction, phrasings
+from .instructions import SPEED_RANGE, Instruction, instruction_set, make_instruction, phrasings
 from .oracle import OracleConfig, search
 
 SPEED_GRID = tuple(float(v) for v in np.round(np.arange(SPEED_RANGE[0], SPEED_RANGE[1] + 1e-9, 0.5), 2))
+DATA_DIR = Path(__file__).resolve().parent / "data"
+
+
+def default_table_path(split: str, track: str) -> Path | None:
+    """Where the shipped oracle table of ``split``'s instructions on the built-in ``track`` lives
+    (the file may not exist yet); None for a track CSV, which has no shipped table."""
+    if split == "train" or track not in BUILTIN_TRACKS:
+        return None
+    return DATA_DIR / f"oracle_{split}_{track}.json"
 
 
 def _key(category: Category, speed: float | None) -> str:
@@ -42,6 +53,12 @@ def training_instructions(speeds: tuple[float, ...] = SPEED_GRID) -> list[Instru
         else:
             jobs.append(make_instruction(category, phrase))
     return jobs
+
+
+def split_instructions(split: str) -> list[Instruction]:
+    """The instructions an oracle table of ``split`` covers: for train every category and grid speed
+    (the SFT labels); for validation and test exactly the split's evaluation instructions."""
+    return training_instructions() if split == "train" else instruction_set(split)
 
 
 def build_table(eval_config: EvalConfig, oracle_config: OracleConfig, instructions: list[Instruction],
