@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from edge_runtime.runtime.generator import OnnxGenerator
+from edge_runtime.decoding.generator import OnnxGenerator
 from edge_runtime.sim.tracks import HELDOUT_TRACK
 from edge_runtime.tasks.answers import parse_decision_answer, parse_mpc_answer
 from edge_runtime.tasks.decision import generate_decision_dataset

@@ -39,7 +39,7 @@ from typing import Any
 from edge_runtime.control.mpc import FrenetMPC, MPCConfig
 from edge_runtime.control.params import DEFAULT_PARAMS
 from edge_runtime.runtime.control_loop import ControlLoop, LoopConfig
-from edge_runtime.runtime.generator import OnnxGenerator
+from edge_runtime.decoding.generator import OnnxGenerator
 from edge_runtime.runtime.llm_worker import LLMOutcome, LLMWorker, mpc_token_budget
 from edge_runtime.sim import make_simulator
 from edge_runtime.tasks.instructions import instruction_set

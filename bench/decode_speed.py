@@ -39,7 +39,7 @@ from edge_runtime.model.build import build_model, preset_spec, resize_layer
 from edge_runtime.model.io import save_model
 from edge_runtime.contracts.arch_spec import LayerSpec
 from edge_runtime.model.tokenizer import EOS_TOKEN, PAD_TOKEN, save_tokenizer, train_tokenizer
-from edge_runtime.runtime.generator import OnnxGenerator
+from edge_runtime.decoding.generator import OnnxGenerator
 
 TARGETS = {"decode_over_floor_max": 1.25, "pruned_speedup_over_param_ratio_min": 0.9,
            "ort_over_eager_speedup_min": 2.0}

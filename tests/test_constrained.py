@@ -19,7 +19,7 @@ from edge_runtime.control.params import (
     SPEC_BY_NAME,
     MPCParams,
 )
-from edge_runtime.runtime.constrained import (
+from edge_runtime.decoding.constrained import (
     _BUDGET_CAP,
     DECISION_MARKER,
     AnswerGrammar,
@@ -31,7 +31,7 @@ from edge_runtime.runtime.constrained import (
     infer_task,
     mpc_grammar,
 )
-from edge_runtime.runtime.generator import OnnxGenerator, OnnxPolicy
+from edge_runtime.decoding.generator import OnnxGenerator, OnnxPolicy
 from edge_runtime.tasks.answers import (
     format_mpc_answer,
     parse_decision_answer,
@@ -285,13 +285,13 @@ def test_unconstrained_path_unchanged(gen):
     assert default.token_ids == explicit.token_ids
     assert default.forced_tokens == 0 and default.constrained is None
     assert default.forward_passes == len(default.decode_times_s) + 1
-    # a greedy loop written out with the generator's own graph runs
+    # a greedy loop written out with the generator's public step API
     ids = gen.encode(prompt)
-    logits, past = gen._run(ids, 0, gen._empty_past())
-    out = [int(np.argmax(logits[0, -1]))]
+    state = gen.start()
+    logits = state.append_tokens(ids)
+    out = [int(np.argmax(logits[-1]))]
     while len(out) < 24 and out[-1] != gen.eos_id:
-        logits, past = gen._run([out[-1]], len(ids) + len(out) - 1, past)
-        out.append(int(np.argmax(logits[0, -1])))
+        out.append(int(np.argmax(state.append_tokens([out[-1]])[-1])))
     assert list(default.token_ids) == out
     # unconstrained sampling is reproducible with a seed
     a = gen.generate(prompt, 16, temperature=1.0, seed=3)
@@ -321,7 +321,7 @@ def test_vocabulary_precomputation(gen):
 
 
 def test_constrained_module_is_torch_free():
-    code = ("import sys; import edge_runtime.runtime.constrained; "
+    code = ("import sys; import edge_runtime.decoding.constrained; "
             "bad = [m for m in ('torch', 'transformers') if m in sys.modules]; assert not bad, bad")
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = subprocess.run([sys.executable, "-c", code], check=False, cwd=REPO, env=env, capture_output=True,

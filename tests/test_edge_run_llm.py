@@ -25,7 +25,8 @@ from edge_runtime.control.mpc import FrenetMPC, MPCConfig
 from edge_runtime.control.params import DEFAULT_PARAMS
 from edge_runtime.runtime.cli import main as edge_run
 from edge_runtime.runtime.control_loop import ControlLoop, LoopConfig
-from edge_runtime.runtime.generator import GenerationResult, OnnxGenerator
+from edge_runtime.decoding.generator import OnnxGenerator
+from edge_runtime.decoding.step_api import GenerationResult
 from edge_runtime.runtime.llm_worker import WORKER_ERROR, LLMWorker
 from edge_runtime.runtime.scenario import (
     DEFAULT_INSTRUCTION,

@@ -16,13 +16,14 @@ ort = pytest.importorskip("onnxruntime")
 
 from edge_runtime.control.params import PARAM_NAMES
 from edge_runtime.export import cli
-from edge_runtime.export.onnx_export import META_KEYS, ExportError, export_onnx, input_names, output_names
+from edge_runtime.export.errors import ExportError
+from edge_runtime.export.onnx_export import META_KEYS, export_onnx, input_names, output_names
 from edge_runtime.export.parity import TOLERANCES, ParityReport, check_parity
 from edge_runtime.model.build import build_model, preset_spec, resize_layer
 from edge_runtime.model.io import load_model, save_model
 from edge_runtime.contracts.arch_spec import ArchSpec, LayerSpec
 from edge_runtime.model.tokenizer import save_tokenizer, train_tokenizer
-from edge_runtime.runtime.generator import REQUIRED_METADATA
+from edge_runtime.decoding.model_file import REQUIRED_METADATA
 from edge_runtime.tasks.instructions import instruction_set
 from edge_runtime.contracts.answer_format import PROMPT_VERSION
 from edge_runtime.tasks.prompts import build_mpc_prompt

@@ -17,19 +17,15 @@ torch = pytest.importorskip("torch")
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 
+from edge_runtime.contracts.arch_spec import LayerSpec
 from edge_runtime.contracts.generation import Generation
+from edge_runtime.decoding.generator import DecodeState, OnnxGenerator, OnnxPolicy
+from edge_runtime.decoding.model_file import REQUIRED_METADATA, ModelLoadError
+from edge_runtime.decoding.providers import resolve_providers
+from edge_runtime.decoding.step_api import GenerationResult
 from edge_runtime.evaluation.torch_policy import TorchPolicy
 from edge_runtime.export.onnx_export import export_onnx
-from edge_runtime.contracts.arch_spec import LayerSpec
 from edge_runtime.model.tokenizer import load_tokenizer
-from edge_runtime.runtime.generator import (
-    REQUIRED_METADATA,
-    GenerationResult,
-    ModelLoadError,
-    OnnxGenerator,
-    OnnxPolicy,
-    resolve_providers,
-)
 from edge_runtime.tasks.instructions import instruction_set
 from edge_runtime.tasks.prompts import build_mpc_prompt
 from onnx_fixtures import build_tiny_model_dir, with_metadata
@@ -214,7 +210,7 @@ def test_providers(onnx_path):
 
 # ---------------------------------------------------------------------------------- torch-free
 def test_generator_imports_without_torch():
-    code = ("import sys; import edge_runtime.runtime.generator; "
+    code = ("import sys; import edge_runtime.decoding.generator; "
             "bad = [m for m in ('torch', 'transformers') if m in sys.modules]; assert not bad, bad")
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = subprocess.run([sys.executable, "-c", code], check=False, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)

@@ -1,4 +1,4 @@
-"""Execution-provider config (runtime/providers.py) and the TensorRT engine builder's command
+"""Execution-provider config (decoding/providers.py) and the TensorRT engine builder's command
 construction / unavailable path (export/tensorrt.py, deploy/build_trt_engine.py) -- no GPU needed."""
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ ort = pytest.importorskip("onnxruntime")
 onnx = pytest.importorskip("onnx")
 
 from edge_runtime.contracts.arch_spec import ArchSpec, LayerSpec
-from edge_runtime.runtime.providers import (
+from edge_runtime.decoding.providers import (
     ProviderConfig,
     ProviderUnavailableError,
     ShapeProfile,
@@ -167,7 +167,7 @@ def tiny_onnx(tmp_path_factory) -> Path:
 
 
 def test_generator_accepts_a_provider_config(tiny_onnx):
-    from edge_runtime.runtime.generator import OnnxGenerator
+    from edge_runtime.decoding.generator import OnnxGenerator
 
     gen = OnnxGenerator(tiny_onnx, providers=ProviderConfig("cpu", threads=1))
     assert gen.providers == ["CPUExecutionProvider"] and gen.unavailable_providers == []
@@ -179,7 +179,7 @@ def test_generator_accepts_a_provider_config(tiny_onnx):
 
 @pytest.mark.skipif("CUDAExecutionProvider" in ort.get_available_providers(), reason="a CUDA build is installed")
 def test_generator_unavailable_provider_warns_or_raises(tiny_onnx):
-    from edge_runtime.runtime.generator import OnnxGenerator
+    from edge_runtime.decoding.generator import OnnxGenerator
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -193,7 +193,7 @@ def test_generator_unavailable_provider_warns_or_raises(tiny_onnx):
 
 
 def test_providers_module_imports_without_torch():
-    code = ("import sys; import edge_runtime.runtime.providers; "
+    code = ("import sys; import edge_runtime.decoding.providers; "
             "bad = [m for m in ('torch', 'transformers', 'onnx') if m in sys.modules]; assert not bad, bad")
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = subprocess.run([sys.executable, "-c", code], check=False, cwd=REPO, env=env, capture_output=True,

@@ -31,7 +31,7 @@ from edge_runtime.model.build import build_model
 from edge_runtime.model.io import save_model
 from edge_runtime.contracts.arch_spec import ArchSpec, LayerSpec
 from edge_runtime.model.tokenizer import save_tokenizer, train_tokenizer
-from edge_runtime.runtime.generator import OnnxGenerator
+from edge_runtime.decoding.generator import OnnxGenerator
 from edge_runtime.tasks.instructions import instruction_set
 from edge_runtime.tasks.prompts import build_mpc_prompt
 

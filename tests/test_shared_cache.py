@@ -21,13 +21,15 @@ from onnx_fixtures import with_metadata
 from test_export import dense_dir, heldout_prompts, llama_dir, pruned_dir, tokenizer_path, vocab, workdir  # noqa: F401
 
 from edge_runtime.export import cli
-from edge_runtime.export.onnx_export import ExportError, export_onnx
+from edge_runtime.export.errors import ExportError
+from edge_runtime.export.onnx_export import export_onnx
 from edge_runtime.export.parity import TOLERANCES, check_parity
 from edge_runtime.export.quantize import QuantizeConfig, quantize_onnx
 from edge_runtime.export.shared_cache_graph import check_supported
 from edge_runtime.model.build import preset_spec
 from edge_runtime.contracts.arch_spec import ArchSpec
-from edge_runtime.runtime.generator import ModelLoadError, OnnxGenerator
+from edge_runtime.decoding.generator import OnnxGenerator
+from edge_runtime.decoding.model_file import ModelLoadError
 
 torch.set_num_threads(1)
 CAPACITY = 768
@@ -80,22 +82,20 @@ def test_same_tokens_and_logits_as_the_traced_graph(pruned_shared, pruned_concat
         a, b = shared.generate(prompt, 30), concat.generate(prompt, 30)
         assert a.token_ids == b.token_ids and a.text == b.text
         # incremental decode over the in-place cache: logits of every step match the traced graph
-        la, pa = shared._run(ids, 0, shared._empty_past())
-        lb, pb = concat._run(ids, 0, concat._empty_past())
-        for step, token in enumerate(a.token_ids[:6]):
-            la, pa = shared._run([token], len(ids) + step, pa)
-            lb, pb = concat._run([token], len(ids) + step, pb)
-            np.testing.assert_allclose(la, lb, atol=2e-4, rtol=0)
+        sa, sb = shared.start(), concat.start()
+        sa.append_tokens(ids), sb.append_tokens(ids)
+        for token in a.token_ids[:6]:
+            np.testing.assert_allclose(sa.append_tokens([token]), sb.append_tokens([token]), atol=2e-4, rtol=0)
 
 
 def test_cache_buffers_are_allocated_once_and_updated_in_place(pruned_shared):
     gen = OnnxGenerator(pruned_shared, threads=1)
     prompt = heldout_prompts(1)[0]
-    first = gen._empty_past()
+    first = gen.start().kv_cache
     pointers = [v.data_ptr() for v in first]
     res = gen.generate(prompt, 20, stop_at_eos=False)
     assert res.emitted_tokens == 20
-    assert gen._empty_past() is first and [v.data_ptr() for v in first] == pointers
+    assert gen.start().kv_cache is first and [v.data_ptr() for v in first] == pointers
     # the buffer holds the prompt's and the generated tokens' keys: a run on top of it continues the sequence
     n = res.prompt_tokens + res.emitted_tokens - 1
     key0 = first[0].numpy()

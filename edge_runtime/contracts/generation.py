@@ -2,7 +2,7 @@
 
 The evaluation, the control loop's LLM worker and the training-side checks all drive a model
 through this protocol, so that they need not know whether it is the ONNX Runtime generator
-(vehicle side, :mod:`edge_runtime.runtime.generator`) or the PyTorch model
+(vehicle side, :mod:`edge_runtime.decoding.generator`) or the PyTorch model
 (:mod:`edge_runtime.evaluation.torch_policy`). It lives in the contracts layer because both of
 those implementations, which stand in different layers, return :class:`Generation`.
 """

@@ -36,7 +36,8 @@ def load_policy(path: str, constrained: bool = False):
 
         return TorchPolicy.from_dir(p)
     if p.suffix == ".onnx":
-        from ..runtime.generator import ModelLoadError, OnnxPolicy
+        from ..decoding.generator import OnnxPolicy
+        from ..decoding.model_file import ModelLoadError
 
         try:
             return OnnxPolicy(p, constrained=constrained)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import importlib
 
 _LAZY = {
-    "export_onnx": "onnx_export", "ExportError": "onnx_export", "META_KEYS": "onnx_export",
+    "export_onnx": "onnx_export", "ExportError": "errors", "META_KEYS": "onnx_export",
     "FORMAT_VERSION": "onnx_export", "check_parity": "parity", "ParityReport": "parity", "TOLERANCES": "parity",
     "quantize_onnx": "quantize", "QuantizeConfig": "quantize", "QuantizeError": "quantize",
 }

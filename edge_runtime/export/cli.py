@@ -167,7 +167,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from ..model.io import ModelFormatError
     from ..contracts.arch_spec import ArchSpecError
-    from .onnx_export import GENERATION_DEFAULTS, ExportError, export_onnx
+    from .errors import ExportError
+    from .onnx_export import GENERATION_DEFAULTS, export_onnx
     from .parity import check_parity
     from .quantize import QuantizeConfig, QuantizeError, quantize_onnx
     from .shared_cache_graph import check_supported

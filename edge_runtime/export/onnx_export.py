@@ -73,27 +73,24 @@ import torch
 from torch import nn
 
 from ..contracts.answer_format import ANSWER_CLOSE, ANSWER_OPEN, PROMPT_VERSION
-from ..control.params import PARAM_SPECS
 from ..contracts.arch_spec import ArchSpec
+from ..control.params import PARAM_SPECS
+from .errors import ExportError
 
 __all__ = [
-    "DTYPES", "FORMAT_VERSION", "GENERATION_DEFAULTS", "META_KEYS", "ExportError", "answer_schema",
+    "DTYPES", "FORMAT_VERSION", "GENERATION_DEFAULTS", "META_KEYS", "answer_schema",
     "export_onnx", "input_names", "output_names",
 ]
 
 FORMAT_VERSION = "1"
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
 META = "edge_runtime."
-#: Every metadata key the runtime requires (edge_runtime.generator checks them all on load).
+#: Every metadata key the runtime requires (edge_runtime.decoding.model_file checks them all on load).
 META_KEYS = tuple(META + k for k in ("format_version", "arch_spec", "tokenizer", "prompt_version",
                                      "answer_schema", "generation", "source_sha256", "dtype"))
 #: Generation settings stored in the file: greedy, stop at eos, per-task token budgets.
 GENERATION_DEFAULTS: dict[str, Any] = {"greedy": True, "max_new_tokens": {"mpc": 200, "decision": 48}}
 EOS_TOKEN, PAD_TOKEN = "<|endoftext|>", "<|pad|>"
-
-
-class ExportError(ValueError):
-    """The model directory cannot be exported (missing files, bad arguments)."""
 
 
 def input_names(spec: ArchSpec) -> list[str]:

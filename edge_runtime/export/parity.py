@@ -3,7 +3,7 @@
 For every prompt:
 
 (a) **prefill logits** -- the PyTorch model (float32, the source of truth) and the ONNX file under
-    ONNX Runtime (through the vehicle runtime, ``edge_runtime.runtime.generator.OnnxGenerator``)
+    ONNX Runtime (through the vehicle's decoding engine, ``edge_runtime.decoding.generator.OnnxGenerator``)
     each compute the logits of every prompt position; the max absolute difference must stay
     within the variant's tolerance ``atol + rtol * max|reference logit|``.
 
@@ -53,8 +53,10 @@ wrong layout or a lost layer moves them by the logit scale itself) and the teach
 agreement stays above the table's floor; the agreement fraction is reported, and the task-level
 check is the held-out score (``edge-eval --model X.onnx --task both``), reported beside it.
 
-The ONNX side runs through the vehicle runtime on purpose: parity then also covers the
-runtime's cache handling (prefill with an empty past, presents fed back as pasts).
+The ONNX side runs through the vehicle's decoding engine on purpose: parity then also covers the
+engine's cache handling (prefill with an empty past, presents fed back as pasts). That engine
+lives in ``edge_runtime.decoding``, below both ``export`` and ``runtime``, so export does not
+import the vehicle runtime (``docs/architecture.md``).
 """
 
 from __future__ import annotations
@@ -187,7 +189,7 @@ def check_parity(model_dir: str | os.PathLike, onnx_path: str | os.PathLike, pro
     PyTorch's and ONNX Runtime's intra-op threads during the check (None: leave the defaults).
     """
     from ..model.io import load_model
-    from ..runtime.generator import OnnxGenerator
+    from ..decoding.generator import OnnxGenerator
 
     prompts = list(prompts)
     if not prompts:

@@ -44,6 +44,7 @@ from typing import Any
 import numpy as np
 
 from ..contracts.arch_spec import ArchSpec
+from .errors import ExportError
 
 __all__ = ["DEFAULT_CAPACITY", "LAYOUT_CONCAT", "LAYOUT_SHARED", "build_shared_cache_graph", "check_supported"]
 
@@ -88,7 +89,6 @@ def build_shared_cache_graph(model: Any, spec: ArchSpec, capacity: int = DEFAULT
 
     reason = check_supported(spec, capacity)
     if reason:
-        from .onnx_export import ExportError
         raise ExportError(f"shared KV cache graph: {reason}; export with kv_cache='concat'")
     state = {k: v.detach().float().cpu().numpy() for k, v in model.state_dict().items()}
 

@@ -16,7 +16,7 @@ Two builders, tried in this order:
 Neither available: ``TensorRTUnavailable`` ("TensorRT not available: ..."), which the CLI prints
 as one line with exit code 3 -- never a traceback.
 
-The profile is ``edge_runtime.runtime.providers.ShapeProfile`` -- the same one the ONNX Runtime
+The profile is ``edge_runtime.decoding.providers.ShapeProfile`` -- the same one the ONNX Runtime
 TensorRT provider gets from ``ProviderConfig`` -- so the offline engine (for TensorRT-native
 deployment and ``trtexec --loadEngine`` latency runs) and the runtime's cached engine cover the
 same shapes. Defaults: batch 1; new tokens 1 / 1 / 512 (min / opt / max); past 0 / 256 / 512.
@@ -42,7 +42,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..contracts.arch_spec import ArchSpec
-from ..runtime.providers import ShapeProfile, format_shapes
+from ..decoding.providers import ShapeProfile, format_shapes
 
 __all__ = ["JETPACK_TRTEXEC", "BuildResult", "TensorRTUnavailable", "build_engine", "find_trtexec", "main",
            "read_spec", "trtexec_command"]

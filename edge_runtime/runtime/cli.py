@@ -17,7 +17,7 @@ GPU / Jetson telemetry (``edge_runtime.telemetry.gpu``): with ``tegrastats`` on 
 unified RAM / GPU memory) every ``--gpu-interval`` seconds into the same log, plus the Jetson
 power mode (``nvpmodel -q``, ``jetson_clocks``); otherwise the summary says "no GPU sampler".
 ``--constrained``: grammar-constrained decoding (every answer parses; see
-``edge_runtime.runtime.constrained``).
+``edge_runtime.decoding.constrained``).
 
 Writes ``steps.jsonl`` (one JSON line per control step and per LLM call) and ``summary.json`` to
 ``--out`` and prints the summary table: control-step and MPC latency, LLM time to first token,
@@ -241,10 +241,8 @@ def _scenario(args: argparse.Namespace) -> tuple[Scenario | None, str | None]:
 
 
 def _load_model(args: argparse.Namespace):
-    from .generator import (  # onnxruntime only when a model is used
-        ModelLoadError,
-        OnnxGenerator,
-    )
+    from ..decoding.generator import OnnxGenerator  # onnxruntime only when a model is used
+    from ..decoding.model_file import ModelLoadError
     from .llm_worker import mpc_token_budget
 
     try:

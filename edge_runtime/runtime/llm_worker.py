@@ -22,7 +22,7 @@ worker thread keeps serving. :meth:`stop` ends the thread after the generation i
 any) and says whether it ended within the timeout.
 
 Torch-free (vehicle side). ``generator`` is anything with ``generate(prompt, max_new_tokens)``
-returning a :class:`~edge_runtime.runtime.generator.GenerationResult` (tests pass doubles). With a
+returning a :class:`~edge_runtime.decoding.step_api.GenerationResult` (tests pass doubles). With a
 constrained generator (``OnnxGenerator(constrained=True)``, ``edge-run --constrained``) every
 answer parses; the records then also count the ``forced_tokens`` the grammar appended without a
 forward pass (``emitted_tokens`` includes them; ``decode_times`` are per model-chosen token).

@@ -1,4 +1,4 @@
-"""Execution-provider configuration for ONNX Runtime sessions (vehicle side: no torch).
+"""Execution-provider configuration for ONNX Runtime sessions (vehicle side: no torch, no onnx).
 
     config = ProviderConfig("tensorrt", trt_engine_cache="/var/cache/edge_runtime/trt", threads=2)
     generator = OnnxGenerator("models/dense.onnx", providers=config)
@@ -46,12 +46,15 @@ from typing import Any
 from ..contracts.arch_spec import ArchSpec
 
 __all__ = [
-    "ORT_NAMES", "PROVIDERS", "ProviderConfig", "ProviderUnavailableError", "ShapeProfile", "format_shapes",
-    "provider_names", "spec_from_onnx",
+    "ORT_NAMES", "PROVIDERS", "PROVIDER_ALIASES", "ProviderConfig", "ProviderUnavailableError", "ShapeProfile",
+    "format_shapes", "provider_names", "resolve_providers", "spec_from_onnx",
 ]
 
 PROVIDERS = ("cpu", "cuda", "tensorrt")
 ORT_NAMES = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}
+#: Short provider names accepted by ``resolve_providers`` (full ONNX Runtime names work too).
+PROVIDER_ALIASES = {**ORT_NAMES, "trt": "TensorrtExecutionProvider"}
+_AUTO_ORDER = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
 _INSTALL_HINT = {
     "cuda": "install onnxruntime-gpu matching your CUDA (on Jetson: the JetPack onnxruntime-gpu wheel)",
     "tensorrt": "install onnxruntime-gpu built with TensorRT and TensorRT itself (JetPack ships both on Jetson)",
@@ -116,6 +119,36 @@ def format_shapes(shapes: dict[str, tuple[tuple[int, ...], ...]], level: int) ->
     """``name:d0xd1x...,name:...`` for level 0 (min), 1 (opt) or 2 (max) -- the format of both
     trtexec's ``--minShapes`` and ONNX Runtime's ``trt_profile_min_shapes``."""
     return ",".join(f"{name}:{'x'.join(str(d) for d in dims[level])}" for name, dims in shapes.items())
+
+
+def resolve_providers(providers: str | Sequence[str] | None) -> tuple[list[str], list[str]]:
+    """-> (providers to use, notes on requested providers that are unavailable).
+
+    ``None`` or ``"cpu"``: CPU only. ``"auto"``: TensorRT > CUDA > CPU, whichever are available.
+    Otherwise a name or list of names (aliases ``cpu``, ``cuda``, ``tensorrt``/``trt`` or full
+    ONNX Runtime provider names); unavailable ones are dropped and reported, CPU is always the
+    last fallback. The plain-name form of ``OnnxGenerator(providers=...)``; :class:`ProviderConfig`
+    is the typed one."""
+    import onnxruntime as ort
+
+    available = ort.get_available_providers()
+    if providers is None:
+        return ["CPUExecutionProvider"], []
+    if isinstance(providers, str):
+        if providers.lower() == "auto":
+            return [p for p in _AUTO_ORDER if p in available] or ["CPUExecutionProvider"], []
+        providers = [providers]
+    chosen, notes = [], []
+    for name in providers:
+        full = PROVIDER_ALIASES.get(str(name).lower(), str(name))
+        if full in available:
+            if full not in chosen:
+                chosen.append(full)
+        else:
+            notes.append(f"{full} unavailable (onnxruntime {ort.__version__} offers: {', '.join(available)})")
+    if "CPUExecutionProvider" not in chosen:
+        chosen.append("CPUExecutionProvider")
+    return chosen, notes
 
 
 def provider_names(providers: Sequence[Any]) -> list[str]:

@@ -1,10 +1,20 @@
-"""Greedy text generation from an exported ONNX decoder (vehicle side: numpy, onnxruntime, tokenizers).
+"""Text generation from an exported ONNX decoder (vehicle side: numpy, onnxruntime, tokenizers).
 
 The ONNX file is self-describing (see ``edge_runtime.export.onnx_export``): its metadata holds the
 architecture spec (per-layer KV cache shapes), the tokenizer, the prompt version, the answer
-schema and the generation settings, so ``OnnxGenerator("model.onnx")`` needs nothing else.
+schema and the generation settings, so ``OnnxGenerator("model.onnx")`` needs nothing else
+(:mod:`.model_file` opens and checks it).
 
-Decoding, one prompt at a time (batch 1, the on-vehicle case):
+**Step API** (:mod:`.step_api`, the way onnxruntime-genai's generator is driven)::
+
+    state = generator.start()                 # a DecodeState: empty KV cache
+    logits = state.append_tokens(prompt_ids)  # prefill: [len(prompt_ids), vocab]
+    logits = state.append_tokens([token])     # one decode step (or several tokens at once)
+    state.reset()                             # start over, same buffers
+
+Greedy decoding (:meth:`OnnxGenerator.generate`), sampling and grammar-constrained decoding
+(:mod:`.constrained`) are all clients of it. Greedy, one prompt at a time (batch 1, the
+on-vehicle case):
 
 1. tokenize the prompt (no BOS/EOS is added, as in training);
 2. prefill: the whole prompt through the graph with empty ``[1, kv_heads_i, 0, head_dim]`` pasts;
@@ -17,10 +27,14 @@ KV cache handling, by the file's layout (metadata ``edge_runtime.kv_cache``):
   buffer per layer and kind, allocated once per generator on the provider's device and bound
   through IOBinding as both the past input and the present output; the graph writes the new
   entries in place. Nothing is allocated or copied per token. A prompt plus its generated tokens
-  must fit ``capacity`` (ValueError before the run otherwise).
+  must fit ``capacity`` (ValueError before the run otherwise). Because the buffers belong to the
+  generator, one :class:`DecodeState` at a time uses them: ``start()`` (or ``reset()`` of an older
+  state) hands them to that state, and an older state then refuses to run (RuntimeError) rather
+  than read a cache another sequence has overwritten.
 * ``concat`` (traced graph; files without the key): the pasts are bound as the OrtValues the
   previous step returned (no host round trip, no copy on the way in), but the graph's Concat
   makes each present one token longer than its past, so every step allocates the cache anew.
+  States are independent.
 
 Only the logits come back to host memory.
 
@@ -30,25 +44,23 @@ token (the graph run + argmax for that token), so ``len(decode_times_s) == emitt
 ``total_s`` covers the whole call including decoding the text.
 
 Constrained decoding and sampling (``generate(constrained=True)``, ``temperature > 0``) run in
-``edge_runtime.runtime.constrained``; the plain greedy loop above is unchanged by them. There,
-forced tokens are fed to the graph together with the next token (``forced_tokens``,
-``forward_passes``) and ``decode_times_s`` has one entry per model-chosen token after the first.
+:mod:`.constrained`; the plain greedy loop above is unchanged by them. There, forced tokens are
+fed to the graph together with the next token (``forced_tokens``, ``forward_passes``) and
+``decode_times_s`` has one entry per model-chosen token after the first.
 
 Text: generated ids without EOS/pad, decoded with special tokens kept (the answer tags are
 ordinary added tokens), exactly like ``edge_runtime.evaluation.torch_policy.TorchPolicy``.
 ``emitted_tokens`` counts what the model really produced, the EOS included when it stopped on it.
 
-This module must not import torch or transformers (tested).
+This module must not import torch or transformers (import-linter checks it, and a test).
 """
 
 from __future__ import annotations
 
-import json
 import math
 import time
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -56,136 +68,28 @@ import numpy as np
 import onnxruntime as ort
 from tokenizers import Tokenizer
 
-from ..contracts.generation import Generation
 from ..contracts.arch_spec import ArchSpec, ArchSpecError
-from .providers import ProviderConfig, provider_names
+from ..contracts.generation import Generation
+from .model_file import META, ModelLoadError, json_field, one_line, open_session, read_metadata
+from .providers import ProviderConfig, provider_names, resolve_providers
+from .step_api import GenerationResult
 
-__all__ = [
-    "PROVIDER_ALIASES",
-    "REQUIRED_METADATA",
-    "SUPPORTED_FORMAT_VERSIONS",
-    "GenerationResult",
-    "ModelLoadError",
-    "OnnxGenerator",
-    "OnnxPolicy",
-    "read_metadata",
-    "resolve_providers",
-]
+__all__ = ["DecodeState", "OnnxGenerator", "OnnxPolicy"]
 
-META = "edge_runtime."
-#: Metadata keys an exported file must carry (written by edge_runtime.export.onnx_export).
-REQUIRED_METADATA = tuple(META + k for k in ("format_version", "arch_spec", "tokenizer", "prompt_version",
-                                             "answer_schema", "generation", "source_sha256", "dtype"))
-SUPPORTED_FORMAT_VERSIONS = ("1",)
-#: Short provider names accepted by ``providers=`` (full ONNX Runtime names work too).
-PROVIDER_ALIASES = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider",
-                    "tensorrt": "TensorrtExecutionProvider", "trt": "TensorrtExecutionProvider"}
-_AUTO_ORDER = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
 _GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
 _NP_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
 
 
-class ModelLoadError(RuntimeError):
-    """An ONNX model file cannot be used: missing, corrupt, truncated, or without the metadata
-    the runtime needs. The message is one line naming the file (and the field, if any)."""
-
-
-@dataclass(frozen=True)
-class GenerationResult:
-    text: str                        # generated text, EOS/pad removed
-    token_ids: tuple[int, ...]       # generated ids, the EOS included when generation stopped on it
-    prompt_tokens: int
-    emitted_tokens: int              # == len(token_ids)
-    time_to_first_token_s: float     # tokenize + prefill + first argmax
-    decode_times_s: tuple[float, ...] = field(repr=False)  # one per token after the first
-    total_s: float = 0.0
-    stopped_at_eos: bool = False
-    forced_tokens: int = 0           # of emitted_tokens, appended by the grammar without a forward pass of their own
-    forward_passes: int = 0          # graph runs, the prefill included
-    constrained: str | None = None   # grammar used ("mpc" / "decision"), None: unconstrained
-
-
-def _one_line(text: object, limit: int = 240) -> str:
-    s = " ".join(str(text).split())
-    return s if len(s) <= limit else s[: limit - 3] + "..."
-
-
-def resolve_providers(providers: str | Sequence[str] | None) -> tuple[list[str], list[str]]:
-    """-> (providers to use, notes on requested providers that are unavailable).
-
-    ``None`` or ``"cpu"``: CPU only. ``"auto"``: TensorRT > CUDA > CPU, whichever are available.
-    Otherwise a name or list of names (aliases ``cpu``, ``cuda``, ``tensorrt``/``trt`` or full
-    ONNX Runtime provider names); unavailable ones are dropped and reported, CPU is always the
-    last fallback."""
-    available = ort.get_available_providers()
-    if providers is None:
-        return ["CPUExecutionProvider"], []
-    if isinstance(providers, str):
-        if providers.lower() == "auto":
-            return [p for p in _AUTO_ORDER if p in available] or ["CPUExecutionProvider"], []
-        providers = [providers]
-    chosen, notes = [], []
-    for name in providers:
-        full = PROVIDER_ALIASES.get(str(name).lower(), str(name))
-        if full in available:
-            if full not in chosen:
-                chosen.append(full)
-        else:
-            notes.append(f"{full} unavailable (onnxruntime {ort.__version__} offers: {', '.join(available)})")
-    if "CPUExecutionProvider" not in chosen:
-        chosen.append("CPUExecutionProvider")
-    return chosen, notes
-
-
-def _session(path: Path, providers: list[Any], threads: int | None) -> ort.InferenceSession:
-    options = ort.SessionOptions()
-    if threads is not None:
-        if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
-            raise ValueError(f"threads must be a positive integer or None, got {threads!r}")
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-    options.log_severity_level = 3
-    try:
-        return ort.InferenceSession(str(path), options, providers=providers)
-    except Exception as exc:  # noqa: BLE001 -- ORT raises its own exception types for protobuf / graph errors
-        raise ModelLoadError(f"{path}: not a readable ONNX model (corrupt or truncated file?): "
-                             f"{_one_line(exc, 160)}") from None
-
-
-def read_metadata(path: str | Path, session: ort.InferenceSession | None = None) -> dict[str, str]:
-    """The edge_runtime metadata of an exported file; ModelLoadError when a required key is missing."""
-    path = Path(path)
-    if session is None:
-        if not path.is_file():
-            raise ModelLoadError(f"{path}: ONNX model file not found")
-        session = _session(path, ["CPUExecutionProvider"], 1)
-    meta = dict(session.get_modelmeta().custom_metadata_map)
-    for key in REQUIRED_METADATA:
-        if key not in meta:
-            raise ModelLoadError(f"{path}: metadata field '{key}' is missing; re-export the model with "
-                                 f"edge-export")
-    version = meta[META + "format_version"]
-    if version not in SUPPORTED_FORMAT_VERSIONS:
-        raise ModelLoadError(f"{path}: metadata field '{META}format_version' is {version!r}; this runtime reads "
-                             f"{', '.join(SUPPORTED_FORMAT_VERSIONS)} (upgrade edge_runtime or re-export)")
-    return meta
-
-
-def _json_field(path: Path, meta: dict[str, str], key: str) -> Any:
-    try:
-        return json.loads(meta[META + key])
-    except json.JSONDecodeError as exc:
-        raise ModelLoadError(f"{path}: metadata field '{META}{key}' is not valid JSON ({_one_line(exc, 120)})") from None
-
-
 class OnnxGenerator:
-    """Greedy generator over one exported decoder file (see the module docstring).
+    """Generator over one exported decoder file (see the module docstring): ``start()`` opens a
+    :class:`DecodeState` (the step API), ``generate()`` completes a prompt.
 
-    ``providers``: None (CPU), "auto", or names -- see :func:`resolve_providers`; requested but
+    ``providers``: None (CPU), "auto", or names -- see :func:`.providers.resolve_providers`, or a
+    :class:`.providers.ProviderConfig`; requested but
     unavailable providers are listed in ``unavailable_providers`` (and warned about), not fatal.
     ``threads``: ONNX Runtime intra-op threads (None: ONNX Runtime's default).
     ``constrained``: default of ``generate(constrained=...)``: grammar-constrained decoding
-    (``edge_runtime.runtime.constrained``). Off by default so that the generator reproduces the
+    (:mod:`edge_runtime.decoding.constrained`). Off by default so that the generator reproduces the
     model's own greedy tokens (parity with PyTorch, honest evaluation); turn it on for a vehicle,
     where an answer that does not parse is a lost instruction.
     """
@@ -205,20 +109,20 @@ class OnnxGenerator:
         for note in self.unavailable_providers:
             warnings.warn(f"{path.name}: {note}; using {', '.join(provider_names(wanted))}", RuntimeWarning,
                           stacklevel=2)
-        self.session = _session(path, wanted, threads)
+        self.session = open_session(path, wanted, threads)
         self.providers: list[str] = self.session.get_providers()
         self.metadata = meta = read_metadata(path, self.session)
         try:
-            self.spec = ArchSpec.from_dict(_json_field(path, meta, "arch_spec"))
+            self.spec = ArchSpec.from_dict(json_field(path, meta, "arch_spec"))
         except ArchSpecError as exc:
-            raise ModelLoadError(f"{path}: metadata field '{META}arch_spec' is invalid: {_one_line(exc, 160)}") from None
+            raise ModelLoadError(f"{path}: metadata field '{META}arch_spec' is invalid: {one_line(exc, 160)}") from None
         try:
             self.tokenizer = Tokenizer.from_str(meta[META + "tokenizer"])
         except Exception as exc:  # noqa: BLE001 -- tokenizers raises plain Exception subclasses
             raise ModelLoadError(f"{path}: metadata field '{META}tokenizer' is not a tokenizers JSON "
-                                 f"({_one_line(exc, 120)})") from None
-        self.generation: dict[str, Any] = _json_field(path, meta, "generation")
-        self.answer_schema: dict[str, Any] = _json_field(path, meta, "answer_schema")
+                                 f"({one_line(exc, 120)})") from None
+        self.generation: dict[str, Any] = json_field(path, meta, "generation")
+        self.answer_schema: dict[str, Any] = json_field(path, meta, "answer_schema")
         self.prompt_version: str = meta[META + "prompt_version"]
         self.source_sha256: str = meta[META + "source_sha256"]
         self.dtype: str = meta[META + "dtype"]
@@ -228,17 +132,19 @@ class OnnxGenerator:
         self.eos_id = int(self.generation["eos_id"])
         pad = self.generation.get("pad_id")
         self.pad_id = int(pad) if pad is not None else None
-        layout = _json_field(path, meta, "kv_cache") if META + "kv_cache" in meta else {"layout": "concat"}
+        layout = json_field(path, meta, "kv_cache") if META + "kv_cache" in meta else {"layout": "concat"}
         if not isinstance(layout, dict) or layout.get("layout") not in ("concat", "shared") or (
                 layout["layout"] == "shared" and not (isinstance(layout.get("capacity"), int) and layout["capacity"] > 1)):
             raise ModelLoadError(f"{path}: metadata field '{META}kv_cache' must be {{\"layout\": \"concat\"}} or "
-                                 f"{{\"layout\": \"shared\", \"capacity\": N}}, got {_one_line(layout, 80)}")
+                                 f"{{\"layout\": \"shared\", \"capacity\": N}}, got {one_line(layout, 80)}")
         self.kv_layout: str = layout["layout"]
         self.kv_capacity: int | None = layout.get("capacity") if self.kv_layout == "shared" else None
         self._check_graph()
         gpu = next((p for p in self.providers if p in _GPU_PROVIDERS), None)
         self._device = "cuda" if gpu else "cpu"
         self._kv_buffers: list[ort.OrtValue] | None = None  # shared layout: allocated on first use
+        self._owner = 0  # shared layout: the id of the DecodeState that holds the buffers (see start())
+        self._last_state_id = 0
 
     # ------------------------------------------------------------------ graph
     def _check_graph(self) -> None:
@@ -268,7 +174,7 @@ class OnnxGenerator:
                                      f"and kv_cache metadata say [batch, {kv}, {seq}, {hd}]")
 
     def _empty_past(self) -> list[ort.OrtValue]:
-        """The cache to start a sequence with: empty pasts (concat), or the generator's buffers
+        """The cache a sequence starts with: empty pasts (concat), or the generator's buffers
         (shared: positions beyond the sequence are never read, so they need no clearing)."""
         if self.kv_layout == "shared":
             if self._kv_buffers is None:
@@ -285,32 +191,12 @@ class OnnxGenerator:
                        ort.OrtValue.ortvalue_from_numpy(empty, self._device, 0)]
         return values
 
-    def _run(self, ids: Sequence[int], start: int, past: list[ort.OrtValue]) -> tuple[np.ndarray, list[ort.OrtValue]]:
-        """One graph run for tokens ``ids`` at positions start.. with ``past`` (length ``start``)."""
-        n = len(ids)
-        shared = self.kv_layout == "shared"
-        if shared and start + n > self.kv_capacity:
-            raise ValueError(f"{self.path.name}: {start + n} tokens exceed the KV cache capacity {self.kv_capacity}; "
-                             f"shorten the prompt or re-export with a larger --kv-capacity")
-        # The arrays stay referenced until the run is over (IOBinding does not own host buffers).
-        input_ids = np.asarray([ids], dtype=np.int64)
-        mask = np.ones((1, start + n), dtype=np.int64)
-        positions = np.arange(start, start + n, dtype=np.int64)[None, :]
-        binding = self.session.io_binding()
-        binding.bind_cpu_input("input_ids", input_ids)
-        binding.bind_cpu_input("attention_mask", mask)
-        binding.bind_cpu_input("position_ids", positions)
-        for name, value in zip(self._past_names, past):
-            binding.bind_ortvalue_input(name, value)
-        binding.bind_output("logits", "cpu")
-        for name, value in zip(self._present_names, past):
-            if shared:  # the same buffer: the graph appends in place
-                binding.bind_ortvalue_output(name, value)
-            else:
-                binding.bind_output(name, self._device)
-        self.session.run_with_iobinding(binding)
-        outputs = binding.get_outputs()
-        return outputs[0].numpy(), (past if shared else list(outputs[1:]))
+    def _claim(self) -> tuple[int, list[ort.OrtValue]]:
+        """A new state id and its empty cache; with the shared layout the id becomes the buffers' owner."""
+        self._last_state_id += 1
+        if self.kv_layout == "shared":
+            self._owner = self._last_state_id
+        return self._last_state_id, self._empty_past()
 
     # ---------------------------------------------------------------- public
     def check_fits(self, prompt_tokens: int, max_new_tokens: int) -> None:
@@ -328,12 +214,16 @@ class OnnxGenerator:
         drop = {self.eos_id, self.pad_id}
         return self.tokenizer.decode([t for t in token_ids if t not in drop], skip_special_tokens=False)
 
+    def start(self) -> DecodeState:
+        """A new sequence with an empty KV cache (the step API). With the shared layout it takes
+        over the generator's cache buffers: a state started earlier refuses to run afterwards."""
+        return DecodeState(self)
+
     def prefill_logits(self, token_ids: Sequence[int]) -> np.ndarray:
         """Logits [len(token_ids), vocab] (graph dtype) of one prefill run (parity checks, debugging)."""
         if not len(token_ids):
             raise ValueError("prefill_logits: empty token list")
-        logits, _ = self._run(list(token_ids), 0, self._empty_past())
-        return logits[0]
+        return self.start().append_tokens(token_ids)
 
     def generate(self, prompt: str, max_new_tokens: int | None = None, stop_at_eos: bool = True, *,
                  constrained: bool | None = None, task: str | None = None, temperature: float = 0.0,
@@ -343,7 +233,7 @@ class OnnxGenerator:
         Greedy by default; ``temperature > 0`` samples (``seed`` or ``rng`` for reproducibility).
         ``constrained`` (None: the generator's default) masks the logits with the answer grammar
         of ``task`` ("mpc" or "decision"; None: inferred from the prompt) and skips the forward
-        pass of forced tokens -- see ``edge_runtime.runtime.constrained``."""
+        pass of forced tokens -- see :mod:`edge_runtime.decoding.constrained`."""
         t0 = time.perf_counter()
         if max_new_tokens is None:
             max_new_tokens = int(self.generation["max_new_tokens"]["mpc"])
@@ -368,16 +258,17 @@ class OnnxGenerator:
         if not ids:
             raise ValueError("the prompt encodes to zero tokens; give a non-empty prompt")
         self.check_fits(len(ids), int(max_new_tokens))
-        logits, past = self._run(ids, 0, self._empty_past())
-        token = int(np.argmax(logits[0, -1]))
+        state = self.start()
+        logits = state.append_tokens(ids)
+        token = int(np.argmax(logits[-1]))
         out = [token]
         ttft = time.perf_counter() - t0
         decode_times: list[float] = []
         stopped = stop_at_eos and token == self.eos_id
         while not stopped and len(out) < max_new_tokens:
             t = time.perf_counter()
-            logits, past = self._run([token], len(ids) + len(out) - 1, past)
-            token = int(np.argmax(logits[0, -1]))
+            logits = state.append_tokens([token])
+            token = int(np.argmax(logits[-1]))
             out.append(token)
             decode_times.append(time.perf_counter() - t)
             stopped = stop_at_eos and token == self.eos_id
@@ -386,6 +277,86 @@ class OnnxGenerator:
                                 time_to_first_token_s=ttft, decode_times_s=tuple(decode_times),
                                 total_s=time.perf_counter() - t0, stopped_at_eos=stopped,
                                 forward_passes=1 + len(decode_times))
+
+
+class DecodeState:
+    """One sequence on an :class:`OnnxGenerator`: its KV cache and length (the step API, see the
+    module docstring). Made by :meth:`OnnxGenerator.start`.
+
+    ``append_tokens`` binds the inputs, the cache (as both past and present with the shared
+    layout: the graph appends in place) and a host buffer for the logits, and runs the graph once;
+    nothing else is allocated or copied per call."""
+
+    def __init__(self, generator: OnnxGenerator) -> None:
+        self.generator = generator
+        self._id, self._past = generator._claim()
+        self._length = 0
+
+    @property
+    def length(self) -> int:
+        """Tokens in the cache: the position of the next appended token."""
+        return self._length
+
+    @property
+    def kv_cache(self) -> list[ort.OrtValue]:
+        """The cache as bound to the graph: past key, past value of every layer (read-only use:
+        inspection and tests; the shared layout's buffers are the same objects for every state)."""
+        return self._past
+
+    @property
+    def capacity(self) -> int | None:
+        """Most tokens the cache holds (shared layout); None: unbounded (concat layout)."""
+        return self.generator.kv_capacity
+
+    def reset(self) -> None:
+        """Start over with an empty cache; with the shared layout this state takes the generator's
+        buffers back (any other state then refuses to run)."""
+        self._id, self._past = self.generator._claim()
+        self._length = 0
+
+    def append_tokens(self, token_ids: Sequence[int]) -> np.ndarray:
+        """Run the graph on ``token_ids`` (at positions ``length``.. after the cached tokens) and
+        return their logits ``[len(token_ids), vocab]`` in the graph's dtype; the last row scores
+        the next token. ValueError for an empty or non-integer list, an id outside the vocabulary,
+        or more tokens than the shared cache holds; RuntimeError when a newer state has taken the
+        shared cache."""
+        gen = self.generator
+        ids = np.asarray(token_ids)
+        if ids.ndim != 1 or not ids.size or ids.dtype.kind not in "iu":
+            raise ValueError(f"append_tokens needs a non-empty list of integer token ids, got {one_line(token_ids, 80)}")
+        if ids.min() < 0 or ids.max() >= gen.spec.vocab_size:
+            raise ValueError(f"append_tokens: token ids must lie in [0, {gen.spec.vocab_size}) (the model's vocabulary), "
+                             f"got {one_line(token_ids, 80)}")
+        shared = gen.kv_layout == "shared"
+        if shared and gen._owner != self._id:
+            raise RuntimeError(f"{gen.path.name}: this DecodeState no longer holds the shared KV cache (a later start() "
+                               f"or reset() took it); call reset() or start a new one")
+        start, n = self._length, int(ids.size)
+        if shared and start + n > gen.kv_capacity:
+            raise ValueError(f"{gen.path.name}: {start + n} tokens exceed the KV cache capacity {gen.kv_capacity}; "
+                             f"shorten the prompt or re-export with a larger --kv-capacity")
+        # The arrays stay referenced until the run is over (IOBinding does not own host buffers).
+        input_ids = ids.astype(np.int64, copy=False)[None, :]
+        mask = np.ones((1, start + n), dtype=np.int64)
+        positions = np.arange(start, start + n, dtype=np.int64)[None, :]
+        binding = gen.session.io_binding()
+        binding.bind_cpu_input("input_ids", input_ids)
+        binding.bind_cpu_input("attention_mask", mask)
+        binding.bind_cpu_input("position_ids", positions)
+        for name, value in zip(gen._past_names, self._past):
+            binding.bind_ortvalue_input(name, value)
+        binding.bind_output("logits", "cpu")
+        for name, value in zip(gen._present_names, self._past):
+            if shared:  # the same buffer: the graph appends in place
+                binding.bind_ortvalue_output(name, value)
+            else:
+                binding.bind_output(name, gen._device)
+        gen.session.run_with_iobinding(binding)
+        outputs = binding.get_outputs()
+        if not shared:
+            self._past = list(outputs[1:])
+        self._length = start + n
+        return outputs[0].numpy()[0]
 
 
 class OnnxPolicy:

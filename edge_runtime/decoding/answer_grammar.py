@@ -3,7 +3,7 @@
 :class:`AnswerGrammar` steps over characters and the single-token symbols (the answer tags, EOS),
 knows the length of the shortest completion of every state (:meth:`AnswerGrammar.cost`) and the
 characters a state fixes (:meth:`AnswerGrammar.forced_text`). The grammars themselves -- what
-an MPC and a decision answer may look like -- are described in ``edge_runtime.runtime.constrained``,
+an MPC and a decision answer may look like -- are described in ``edge_runtime.decoding.constrained``,
 which lays them over a tokenizer's vocabulary.
 """
 

@@ -3,8 +3,10 @@
 The character automata live in ``answer_grammar``; this module lays them over a tokenizer's
 vocabulary (masks, forced tokens, token budget) and runs the decoding loop.
 
-Vehicle side (numpy + tokenizers only). Used by :class:`~edge_runtime.runtime.generator.OnnxGenerator`
-with ``constrained=True`` (or ``generate(..., constrained=True)``).
+Vehicle side (numpy + tokenizers only). Used by :class:`~edge_runtime.decoding.generator.OnnxGenerator`
+with ``constrained=True`` (or ``generate(..., constrained=True)``). The decoding loop is a client of
+the generator's public step API (:mod:`.step_api`: ``start()``, ``append_tokens(ids) -> logits``),
+as is the greedy loop, so it needs nothing private of the generator and does not import it.
 
 **The two answer grammars** (``tasks/answers.py`` formats)::
 
@@ -76,7 +78,7 @@ from __future__ import annotations
 
 import time
 import weakref
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
@@ -94,9 +96,7 @@ from .answer_grammar import (
     infer_task,
     mpc_grammar,
 )
-
-if TYPE_CHECKING:
-    from .generator import GenerationResult, OnnxGenerator
+from .step_api import DecodeSession, GenerationResult, StepDecoder
 
 __all__ = [
     "DECISION_MARKER",
@@ -265,7 +265,7 @@ def _choose(logits: np.ndarray, allowed: np.ndarray | None, temperature: float, 
     return k if allowed is None else int(allowed[k])
 
 
-def generate_constrained(gen: OnnxGenerator, prompt: str, max_new_tokens: int,
+def generate_constrained(gen: StepDecoder, prompt: str, max_new_tokens: int,
                          constraint: TokenConstraint | None, *, temperature: float = 0.0,
                          rng: np.random.Generator | None = None, stop_at_eos: bool = True,
                          skip_forced: bool = True) -> GenerationResult:
@@ -275,8 +275,6 @@ def generate_constrained(gen: OnnxGenerator, prompt: str, max_new_tokens: int,
     same text, slower). Timing: ``time_to_first_token_s`` ends when the first model-chosen token
     is known; ``decode_times_s`` holds one entry per further model-chosen token (its graph run,
     which also feeds the forced tokens before it, and the choice)."""
-    from .generator import GenerationResult
-
     t0 = time.perf_counter()
     if temperature > 0.0 and rng is None:
         rng = np.random.default_rng()
@@ -306,31 +304,30 @@ def generate_constrained(gen: OnnxGenerator, prompt: str, max_new_tokens: int,
             state = constraint.advance(state, forced)
             finished = constraint.grammar.done(state)
 
-    def feed(tokens: list[int], start: int, past: list) -> tuple[np.ndarray, list]:
+    def feed(session: DecodeSession, tokens: list[int]) -> np.ndarray:
         nonlocal passes
         if skip_forced:
             passes += 1
-            return gen._run(tokens, start, past)
+            return session.append_tokens(tokens)
         logits = None
-        for i, t in enumerate(tokens):  # reference mode: one graph run per token
+        for t in tokens:  # reference mode: one graph run per token
             passes += 1
-            logits, past = gen._run([t], start + i, past)
-        return logits, past
+            logits = session.append_tokens([t])
+        return logits
 
     take_forced()
     ttft: float | None = None
     decode_times: list[float] = []
     stopped = finished
     if not finished and len(out) < max_new_tokens:
+        session = gen.start()
+        passes += 1
         if skip_forced:
-            passes += 1
-            logits, past = gen._run(ids + pending, 0, gen._empty_past())
+            logits = session.append_tokens(ids + pending)
         else:
-            passes += 1
-            logits, past = gen._run(ids, 0, gen._empty_past())
+            logits = session.append_tokens(ids)
             if pending:
-                logits, past = feed(pending, len(ids), past)
-        position = len(ids) + len(pending)
+                logits = feed(session, pending)
         pending = []
         mark = t0
         while True:
@@ -339,7 +336,7 @@ def generate_constrained(gen: OnnxGenerator, prompt: str, max_new_tokens: int,
                 allowed, _ = constraint.options(state, remaining())
                 if not len(allowed):  # cannot happen with the budget guarantee; be safe without it
                     break
-            token = _choose(logits[0, -1], allowed, temperature, rng)
+            token = _choose(logits[-1], allowed, temperature, rng)
             out.append(token)
             now = time.perf_counter()
             if ttft is None:
@@ -358,8 +355,7 @@ def generate_constrained(gen: OnnxGenerator, prompt: str, max_new_tokens: int,
                 break
             new = [token] + pending
             pending = []
-            logits, past = feed(new, position, past)
-            position += len(new)
+            logits = feed(session, new)
     if ttft is None:
         ttft = time.perf_counter() - t0
     text = gen.decode(out)
