@@ -204,16 +204,17 @@ def test_behaviour_draws_vary():
 # -- phrasings ----------------------------------------------------------------------------------
 def test_phrasings_are_disjoint_and_canonical_text_is_in_train():
     for ins in I:
-        train, held = phrasings(ins, "train"), phrasings(ins, "heldout")
-        assert len(train) == 10 and len(held) == 2
-        assert not set(train) & set(held)
+        train, val, test = phrasings(ins, "train"), phrasings(ins, "validation"), phrasings(ins, "test")
+        assert len(train) == 10 and len(val) == 2 and len(test) >= 4
         assert ins.text == train[0]
     assert I.FASTER_THAN_3.text == "Drive faster than 3 m/s."
-    all_train = [p for ins in I for p in phrasings(ins, "train")]
-    all_held = [p for ins in I for p in phrasings(ins, "heldout")]
-    assert not set(all_train) & set(all_held)
-    with pytest.raises(ValueError, match="unknown split 'test'"):
-        phrasings(I.REVERSE, "test")
+    owner: dict[str, str] = {}
+    for split in ("train", "validation", "test"):
+        for ins in I:
+            for p in phrasings(ins, split):
+                assert owner.setdefault(" ".join(p.lower().split()), split) == split, p
+    with pytest.raises(ValueError, match="unknown split 'heldout'"):
+        phrasings(I.REVERSE, "heldout")
 
 
 # -- datasets -----------------------------------------------------------------------------------
@@ -242,11 +243,12 @@ def test_dataset_deterministic_under_seed_and_different_across_seeds():
     assert a != c
 
 
-def test_heldout_dataset_uses_heldout_phrasings_and_track():
-    ds = generate_decision_dataset(4, "heldout", seed=1)
+@pytest.mark.parametrize("split, track", [("validation", "hairpin"), ("test", "esses")])
+def test_evaluation_datasets_use_their_split_phrasings_and_track(split, track):
+    ds = generate_decision_dataset(4, split, seed=1)
     assert len(ds) == 32
-    assert {e.history.track for e in ds} == {"hairpin"}
-    assert all(e.phrasing in phrasings(e.instruction, "heldout") for e in ds)
+    assert {e.history.track for e in ds} == {track}
+    assert all(e.phrasing in phrasings(e.instruction, split) for e in ds)
     for ins in I:
         assert sum(e.label for e in ds if e.instruction is ins) == 2
 
@@ -256,7 +258,7 @@ def test_heldout_dataset_uses_heldout_phrasings_and_track():
     (dict(n_per_instruction=0), "even and >= 2"),
     (dict(n_per_instruction=1), "even and >= 2"),
     (dict(n_per_instruction=2.0), "must be an int"),
-    (dict(n_per_instruction=4, split="test"), "unknown split"),
+    (dict(n_per_instruction=4, split="heldout"), "unknown split"),
 ])
 def test_bad_arguments_raise(kwargs, message):
     with pytest.raises(ValueError, match=message):

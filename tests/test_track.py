@@ -9,12 +9,15 @@ import pytest
 
 from edge_runtime.sim import (
     BUILTIN_TRACKS,
-    HELDOUT_TRACK,
+    SPLIT_TRACKS,
+    TEST_TRACK,
     TRAIN_TRACK,
+    VALIDATION_TRACK,
     Track,
     TrackFormatError,
     compute_racing_line,
     load_track,
+    split_track,
 )
 from edge_runtime.sim.racing_line import RacingLineConfig
 from edge_runtime.sim.track import wrap_angle
@@ -22,11 +25,56 @@ from edge_runtime.sim.track import wrap_angle
 # -- built-ins --------------------------------------------------------------------------------------
 
 
+@pytest.fixture(params=BUILTIN_TRACKS, scope="session")
+def builtin_track(request) -> Track:
+    """Every built-in track (overrides the conftest fixture, which predates the test track)."""
+    return load_track(request.param)
+
+
 def test_builtin_tracks(oval, hairpin):
-    assert set(BUILTIN_TRACKS) == {TRAIN_TRACK, HELDOUT_TRACK} == {"oval", "hairpin"}
+    assert set(BUILTIN_TRACKS) == {TRAIN_TRACK, VALIDATION_TRACK, TEST_TRACK} == {"oval", "hairpin", "esses"}
     assert oval.length == pytest.approx(2 * 12.0 + 2 * math.pi * 4.0, rel=0.01)
     assert 60.0 < hairpin.length < 80.0
     assert load_track("oval") is oval  # cached
+
+
+def test_one_track_per_split():
+    assert SPLIT_TRACKS == {"train": "oval", "validation": "hairpin", "test": "esses"}
+    assert [split_track(s) for s in ("train", "validation", "test")] == ["oval", "hairpin", "esses"]
+    with pytest.raises(ValueError, match="unknown split 'heldout'.*train, validation, test"):
+        split_track("heldout")
+
+
+def test_test_track_has_its_own_character(hairpin):
+    """esses differs from oval and hairpin: the width changes along the lap, an S-bend (curvature
+    of both signs in a row), a long fast sweeper and a tight corner."""
+    tr = load_track(TEST_TRACK)
+    assert 45.0 < tr.length < 65.0
+    width = tr.w_left + tr.w_right
+    assert width.max() - width.min() > 0.8  # narrow S-bend, wide front straight
+    assert np.ptp(hairpin.w_left + hairpin.w_right) < 1e-6  # the validation track has one width
+    assert tr.curvature.min() < -0.2  # the S-bend turns right on a left-hand circuit
+    radius = 1.0 / np.maximum(np.abs(tr.curvature), 1e-9)
+    assert radius.min() < 2.0  # the tight corner
+    sweeper = (radius > 4.5) & (radius < 8.0) & (tr.curvature > 0)
+    assert sweeper.sum() * tr.step > 12.0  # a long constant-ish fast left-hander
+
+
+def test_default_parameters_lap_the_test_track_and_its_racing_line_exists():
+    """The MPC with the default parameter set laps esses without crashing (the baseline of control
+    adaptability must exist there), and a racing line is computed."""
+    from edge_runtime.control.params import DEFAULT_PARAMS
+    from edge_runtime.sim.racing_line import racing_line_for
+    from edge_runtime.tasks.closed_loop import EvalConfig, rollout
+
+    tr = load_track(TEST_TRACK)
+    traj, failures = rollout(DEFAULT_PARAMS, EvalConfig(track=TEST_TRACK, duration=30.0))
+    assert not traj.crashed and failures == 0
+    assert traj.progress >= tr.length - 0.5  # a full lap (the window stops after one)
+    w_left, w_right = tr.widths_at(traj.s)
+    assert np.all(traj.d < w_left) and np.all(-traj.d < w_right)
+    line = racing_line_for(TEST_TRACK)
+    assert np.abs(line.d).max() > 0.3 and np.all(np.isfinite(line.d))
 
 
 def test_total_turning_is_one_lap(builtin_track):
@@ -36,7 +84,7 @@ def test_total_turning_is_one_lap(builtin_track):
 
 
 def test_unknown_track_name():
-    with pytest.raises(TrackFormatError, match="unknown track 'monza'.*oval, hairpin"):
+    with pytest.raises(TrackFormatError, match="unknown track 'monza'.*oval, hairpin, esses"):
         load_track("monza")
 
 

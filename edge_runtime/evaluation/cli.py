@@ -1,10 +1,12 @@
-"""``edge-eval``: held-out closed-loop evaluation of a driving LLM.
+"""``edge-eval``: closed-loop evaluation of a driving LLM on the validation or test split.
 
-    edge-eval --model models/dense --task mpc|decision|both --split heldout [--track hairpin] [--json OUT]
+    edge-eval --model models/dense --task mpc|decision|both --split validation|test [--json OUT]
     edge-eval --model models/dense.onnx --constrained ...   (grammar-constrained decoding, ONNX only)
 
-Prints a table and optionally writes the full report (every instruction, answer and score) as
-JSON. Errors print one line and exit 2.
+Iterate on validation; run test only to report (docs/evaluation.md). Each split brings its own
+phrasings, track and, where one is shipped, oracle table. Prints a table with a bootstrap 95 %
+interval on every figure and optionally writes the full report (every instruction, answer and
+score) as JSON. Errors print one line and exit 2.
 """
 
 from __future__ import annotations
@@ -15,11 +17,9 @@ import os
 import sys
 from pathlib import Path
 
-from ..sim.tracks import VALIDATION_TRACK, load_track
-from ..tasks.oracle_table import OracleTable
+from ..sim.tracks import SPLIT_TRACKS, load_track, split_track
+from ..tasks.oracle_table import OracleTable, default_table_path
 from .report import EvalSettings, evaluate_decision, evaluate_mpc, format_report
-
-DEFAULT_ORACLE = Path(__file__).resolve().parent.parent / "tasks" / "data" / "oracle_validation_hairpin.json"
 
 
 def load_policy(path: str, constrained: bool = False):
@@ -48,26 +48,38 @@ def load_policy(path: str, constrained: bool = False):
 
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    ap = argparse.ArgumentParser(prog="edge-eval", description=__doc__.split("\n")[0])
-    ap.add_argument("--model", required=True)
-    ap.add_argument("--task", choices=["mpc", "decision", "both"], default="both")
-    ap.add_argument("--split", choices=["train", "validation"], default="validation")
-    ap.add_argument("--track", default=VALIDATION_TRACK)
-    ap.add_argument("--decision-examples", type=int, default=20, help="per instruction (even)")
-    ap.add_argument("--oracle", help=f"oracle table of the same instructions and track (default: {DEFAULT_ORACLE.name} "
-                                     "when evaluating held-out on hairpin)")
-    ap.add_argument("--json", help="write the full report as JSON")
+    ap = argparse.ArgumentParser(prog="edge-eval", description=__doc__.split("\n")[0].replace("``", ""))
+    ap.add_argument("--model", required=True,
+                    help="model directory (safetensors + arch_spec.json) or exported .onnx file")
+    ap.add_argument("--task", choices=["mpc", "decision", "both"], default="both",
+                    help="which task to evaluate (default: %(default)s)")
+    ap.add_argument("--split", choices=list(SPLIT_TRACKS), default="validation",
+                    help="phrasings and track to evaluate on: iterate on validation, use test only to report "
+                         "(default: %(default)s)")
+    ap.add_argument("--track", help="built-in track or track CSV path (default: the split's track, "
+                                    + ", ".join(f"{k} {v}" for k, v in SPLIT_TRACKS.items()) + ")")
+    ap.add_argument("--decision-examples", type=int, default=20,
+                    help="decision examples per instruction, an even number (default: %(default)s)")
+    ap.add_argument("--oracle", help="oracle table of the same instructions on the same track, for the fraction of "
+                                     "the oracle (default: the shipped tasks/data/oracle_<split>_<track>.json "
+                                     "when it exists)")
+    ap.add_argument("--json", help="write the full report as JSON to this file (default: none)")
     ap.add_argument("--constrained", action="store_true",
-                    help="ONNX models: grammar-constrained decoding (every answer parses; edge_runtime.runtime.constrained)")
+                    help="ONNX models only: grammar-constrained decoding, every answer parses (default: off)")
     args = ap.parse_args(argv)
     try:
-        load_track(args.track)
-        settings = EvalSettings(split=args.split, track=args.track, decision_per_instruction=args.decision_examples)
+        track = args.track or split_track(args.split)
+        load_track(track)
+        settings = EvalSettings(split=args.split, track=track, decision_per_instruction=args.decision_examples)
         oracle = None
+        default_oracle = default_table_path(args.split, track)
         if args.oracle:
             oracle = OracleTable.load(args.oracle)
-        elif args.split == "validation" and args.track == VALIDATION_TRACK and DEFAULT_ORACLE.exists():
-            oracle = OracleTable.load(DEFAULT_ORACLE)
+        elif default_oracle is not None and default_oracle.exists():
+            oracle = OracleTable.load(default_oracle)
+        if oracle is not None and Path(str(oracle.eval_config.track)).name != Path(str(track)).name:
+            raise ValueError(f"--oracle {oracle.source}: the table is for track {oracle.eval_config.track!r}, "
+                             f"not {track!r}; pass the table of this track or leave --oracle out")
         policy = load_policy(args.model, constrained=args.constrained)
     except (ValueError, OSError) as exc:
         print(f"edge-eval: error: {exc}", file=sys.stderr)

@@ -138,7 +138,7 @@ def _add_oracle_flags(p: argparse.ArgumentParser, stall_note: str = "") -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="edge-task", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="edge-task", description=__doc__.split("\n")[0].replace("``", ""))
     sub = parser.add_subparsers(dest="command", required=True)
 
     def add_common(p: argparse.ArgumentParser) -> None:

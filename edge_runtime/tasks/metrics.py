@@ -8,17 +8,21 @@ Errors (root mean square over the evaluation window, SI units):
   racing_line         d - d_racing_line(s) (m)
 
 Control adaptability of one parameter set on one instruction = (E_default - E) / E_default,
-clipped to [WORST_ADAPTABILITY, 1]; a run that crashes, stalls (see ``Trajectory.stalled``) or
+clipped to [WORST_ADAPTABILITY, 1]; a run that crashes, stalls (see :func:`stalled`) or
 whose answer does not parse scores WORST_ADAPTABILITY, the lower clip of the RL reward. The
 per-category score is the mean over that category's instructions; "overall" is the mean of the
-category means, so that every category weighs the same.
+category means, so that every category weighs the same. The errors follow RobotxR1.
+
+The centre-line and smooth errors can be lowered by driving slowly (less lateral acceleration,
+less tracking error); the progress guard bounds that: a run below the evaluation's mean progress
+speed counts as stalled and scores the worst case (docs/evaluation.md).
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Iterable, Mapping
+from typing import Iterable
 
 import numpy as np
 
@@ -103,7 +107,3 @@ def summarise_adaptability(scores: Iterable[tuple[Category, float]]) -> dict[str
     out = {c.value: float(np.mean(v)) for c, v in by_cat.items()}
     out["overall"] = float(np.mean(list(out.values()))) if out else float("nan")
     return out
-
-
-def mean_by_category(values: Mapping[str, float]) -> float:
-    return float(np.mean([v for k, v in values.items() if k != "overall"]))
