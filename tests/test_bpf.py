@@ -84,8 +84,9 @@ def test_sft_rl_recipe_prunes_in_both_phases_and_keeps_training(tmp_path):
                         grpo_config=GRPOConfig(steps=2, prompts_per_step=2, group_size=2, max_new_tokens=64,
                                                decision_fraction=0.0, decision_pool_per_instruction=2),
                         reward_pool=LocalRewardPool(0), prune_config=cfg, log=lambda _: None,
-                        calibration_batch_count=1)
+                        calibration_batch_count=1, device="cpu")
     assert [(r["phase"], r["step"]) for r in result.reports] == [("sft", 2), ("rl", 1)]
+    assert result.device == "cpu"
     after = spec_from_model(result.model)
     assert after.layers[0] == spec.layers[0] and after.layers[-1] == spec.layers[-1]  # kept dense
     achieved = 1 - prunable_parameters(after, cfg) / prunable_parameters(spec, cfg)
@@ -97,6 +98,40 @@ def test_sft_rl_recipe_prunes_in_both_phases_and_keeps_training(tmp_path):
     assert changed, "training did not continue after the prunes"
     assert dataclasses.asdict(recipe)["sft_steps"] == 3
 
+
+class _ReachedTheLoss(Exception):
+    pass
+
+
+def test_prune_hook_hands_the_cpu_calibration_batches_to_the_loss_on_the_models_device():
+    """The BPF path on a GPU: calibration batches are built on the CPU, the trainer has moved the
+    model to its device, the hook prunes mid-run. A model on the meta device stands in for the GPU
+    (any machine can run this); the loss records where each batch arrives, then stops the prune."""
+    from pathlib import Path
+
+    from edge_runtime.model.io import load_model
+    from edge_runtime.model.tokenizer import load_tokenizer
+    from edge_runtime.prune import PruneConfig
+    from edge_runtime.tasks.oracle_table import OracleTable
+    from edge_runtime.train.bpf import PruneHook, calibration_batches
+    from edge_runtime.train.cli import DEFAULT_ORACLE_TABLE
+    from edge_runtime.train.optim import TrainState
+
+    dense = Path(__file__).resolve().parent.parent / "models" / "dense"
+    model, spec = load_model(dense)
+    batches = calibration_batches(load_tokenizer(dense / "tokenizer.json"), OracleTable.load(DEFAULT_ORACLE_TABLE),
+                                  n_batches=2, batch_size=2)
+    assert {v.device.type for b in batches for v in b.values()} == {"cpu"}
+    seen = []
+
+    def loss_fn(m, batch):
+        seen.append({v.device.type for v in batch.values()})
+        raise _ReachedTheLoss
+
+    hook = PruneHook([1], [0.25], spec, PruneConfig(), batches, "rl", log=lambda _: None, loss_fn=loss_fn)
+    with pytest.raises(_ReachedTheLoss):
+        hook(TrainState(1, model.to("meta"), optimizer=None))
+    assert seen == [{"meta"}]
 
 def test_model_card_lists_every_stage_and_prune(tmp_path):
     """The card of a pruned model: the SFT stage it came from, the BPF stage with every prune, the

@@ -138,7 +138,7 @@ def test_taylor_importance_matches_a_hand_computation_and_leaves_training_state_
         p.grad = sentinel[id(p)]
     model.model.embed_tokens.weight.requires_grad_(False)
 
-    imp = compute_importance(model, batches, cfg=PruneConfig(importance="taylor"))
+    imp = compute_importance(model, batches, answer_loss, cfg=PruneConfig(importance="taylor"))
 
     heads, groups, channels = hand_unit_scores(layer, grads, spec.head_dim)
     li = imp.layers[1]
@@ -167,8 +167,52 @@ def test_magnitude_and_random_importance():
     assert torch.equal(r1.layers[1].channels, r2.layers[1].channels)
     assert not torch.equal(r1.layers[1].channels, r3.layers[1].channels)
     with pytest.raises(ValueError, match="calibration batches"):
-        compute_importance(model, cfg=PruneConfig(importance="taylor"))
+        compute_importance(model, loss_fn=answer_loss, cfg=PruneConfig(importance="taylor"))
+    with pytest.raises(ValueError, match="needs a loss function: pass loss_fn"):
+        compute_importance(model, [make_batch()], cfg=PruneConfig(importance="taylor"))
 
+
+
+class _ReachedTheLoss(Exception):
+    pass
+
+
+def test_taylor_scores_move_every_batch_to_the_models_device():
+    """A trainer may have moved the model to CUDA while the calibration batches were built on the
+    CPU (train.bpf.calibration_batches): the Taylor path must hand the loss each batch on the
+    model's device. A model on the meta device stands in for the GPU, so this runs on any
+    machine; the loss stops the scoring once it has seen where the batches are."""
+    model = build_model(qwen_spec(), seed=0).to("meta")
+    seen = []
+
+    def loss_fn(m, batch):
+        assert m is model
+        seen.append({k: v.device.type for k, v in batch.items()})
+        raise _ReachedTheLoss
+
+    with pytest.raises(_ReachedTheLoss):
+        compute_importance(model, [make_batch()], loss_fn, PruneConfig(importance="taylor"))
+    assert seen == [{"input_ids": "meta", "labels": "meta", "attention_mask": "meta"}]
+    assert all(p.grad is None and p.requires_grad for p in model.parameters())  # restored after the error
+
+
+def test_prune_imports_nothing_from_train():
+    """prune/ sits below train/: the loss of the Taylor scores comes in as an argument."""
+    import ast
+    from pathlib import Path
+
+    import edge_runtime.prune as prune_pkg
+
+    offenders = []
+    for path in Path(prune_pkg.__file__).parent.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                name = ("." * node.level) + (node.module or "")
+                if name.startswith("..train") or name.startswith("edge_runtime.train"):
+                    offenders.append(f"{path.name}: {name}")
+            elif isinstance(node, ast.Import):
+                offenders += [f"{path.name}: {a.name}" for a in node.names if a.name.startswith("edge_runtime.train")]
+    assert not offenders, offenders
 
 # ---------------------------------------------------------------------------- surgery
 @pytest.mark.parametrize("family", ["qwen2", "llama"])
@@ -233,7 +277,7 @@ def test_prune_to_ratio_shapes_spec_and_achieved_ratio(family, scope, mode, rati
     model = build_model(spec, seed=0)
     cfg = PruneConfig(scope=scope, head_mode=mode, importance="taylor" if family == "qwen2" else "magnitude")
     first, last = model.model.layers[0].mlp.up_proj, model.model.layers[3].self_attn.k_proj
-    report = prune_to_ratio(model, ratio, spec, cfg, batches=[make_batch()])
+    report = prune_to_ratio(model, ratio, spec, cfg, batches=[make_batch()], loss_fn=answer_loss)
     after = check_gqa(model)
     assert report.spec_after == after.to_dict() and report.spec_before == spec.to_dict()
     assert after.layers[0] == spec.layers[0] and after.layers[3] == spec.layers[3]
@@ -261,16 +305,16 @@ def test_cumulative_targets(scope):
     model = build_model(spec, seed=0)
     cfg = PruneConfig(scope=scope, importance="taylor")
     batches = [make_batch()]
-    first = prune_to_ratio(model, 0.25, spec, cfg, batches=batches)
+    first = prune_to_ratio(model, 0.25, spec, cfg, batches=batches, loss_fn=answer_loss)
     assert first.changed and first.achieved_ratio == pytest.approx(0.25, abs=0.02)
     modules = [lin for layer in model.model.layers for lin in projections(layer)]
-    again = prune_to_ratio(model, 0.25, spec, cfg, batches=batches)
+    again = prune_to_ratio(model, 0.25, spec, cfg, batches=batches, loss_fn=answer_loss)
     assert not again.changed and again.spec_after == first.spec_after
     assert all(a is b for a, b in zip(modules, [lin for layer in model.model.layers for lin in projections(layer)]))
-    further = prune_to_ratio(model, 0.5, spec, cfg, batches=batches)
+    further = prune_to_ratio(model, 0.5, spec, cfg, batches=batches, loss_fn=answer_loss)
     assert further.changed and further.achieved_ratio == pytest.approx(0.5, abs=0.02)
     assert further.prunable_before == first.prunable_after
-    zero = prune_to_ratio(model, 0.0, spec, cfg, batches=batches)
+    zero = prune_to_ratio(model, 0.0, spec, cfg, batches=batches, loss_fn=answer_loss)
     assert not zero.changed and zero.achieved_ratio == further.achieved_ratio
 
 
@@ -298,7 +342,9 @@ def test_prune_to_ratio_rejects_bad_arguments():
         with pytest.raises(ValueError, match="target_ratio"):
             prune_to_ratio(model, bad, spec, PruneConfig(importance="magnitude"))
     with pytest.raises(ValueError, match="calibration batches"):
-        prune_to_ratio(model, 0.5, spec, PruneConfig())
+        prune_to_ratio(model, 0.5, spec, PruneConfig(), loss_fn=answer_loss)
+    with pytest.raises(ValueError, match="loss_fn="):
+        prune_to_ratio(model, 0.5, spec, PruneConfig(), batches=[make_batch()])
     with pytest.raises(ValueError, match="reference_spec.hidden_size"):
         prune_to_ratio(model, 0.5, preset_spec("qwen2-4m", vocab_size=VOCAB, num_layers=4),
                        PruneConfig(importance="magnitude"))
@@ -346,8 +392,8 @@ def test_pruned_model_saves_loads_and_generates(family, tmp_path):
     with torch.no_grad():  # sharper distributions: greedy decoding emits varied tokens
         model.model.embed_tokens.weight.mul_(20)
     prune_to_ratio(model, 0.5, spec, PruneConfig(scope="global", head_mode="group", keep_first=0),
-                   batches=[make_batch()])
-    prune_to_ratio(model, 0.6, spec, PruneConfig(keep_first=0), batches=[make_batch()])
+                   batches=[make_batch()], loss_fn=answer_loss)
+    prune_to_ratio(model, 0.6, spec, PruneConfig(keep_first=0), batches=[make_batch()], loss_fn=answer_loss)
     pruned = check_gqa(model)
     assert not pruned.is_uniform and pruned.layers[0] != spec.layers[0]
     prompt = make_batch(seed=3)["input_ids"][:, :6]
@@ -370,7 +416,7 @@ def test_training_continues_after_a_prune():
     batch = make_batch()
     optimizer = make_optimizer(model, cfg)
     answer_loss(model, batch).backward()  # a trainer mid-step: grads exist when pruning happens
-    report = prune_to_ratio(model, 0.5, spec, PruneConfig(), batches=[batch])
+    report = prune_to_ratio(model, 0.5, spec, PruneConfig(), batches=[batch], loss_fn=answer_loss)
     assert report.changed
     optimizer = make_optimizer(model, cfg)  # the pruned layers hold new Parameters
     snapshot = {n: p.detach().clone() for n, p in model.named_parameters()}

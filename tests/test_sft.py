@@ -101,3 +101,132 @@ def test_decision_reasoning_states_the_rule_that_decides_the_label():
         ok = all({"<": int(a) < int(b), ">": int(a) > int(b), ">=": int(a) >= int(b)}[op] for a, op, b in checks)
         agree += ok == label
     assert agree >= 0.97 * len(examples)  # cm rounding may flip a label that sits on a threshold
+
+
+# ---------------------------------------------------------------------------------------------
+# Shared loop config, the optimiser rebuild, the device
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("kwargs, field", [
+    ({"steps": 1.5}, "steps"),
+    ({"steps": "100"}, "steps"),
+    ({"steps": True}, "steps"),
+    ({"steps": 0}, "steps"),
+    ({"batch_size": 2.0}, "batch_size"),
+    ({"warmup_steps": 1.0}, "warmup_steps"),
+    ({"eval_every": -1}, "eval_every"),
+    ({"lr": "1e-3"}, "lr"),
+    ({"lr": float("nan")}, "lr"),
+    ({"betas": (0.9,)}, "betas"),
+    ({"grad_clip": 0}, "grad_clip"),
+    ({"seed": None}, "seed"),
+    ({"max_length": 0}, "max_length"),
+])
+def test_optim_config_rejects_wrong_types_and_values(kwargs, field):
+    with pytest.raises(ValueError, match=rf"OptimConfig\.{field} must be .*, got"):
+        OptimConfig(**kwargs)
+
+
+def test_sft_and_grpo_configs_share_one_declaration_of_the_loop_fields():
+    from dataclasses import fields
+
+    from edge_runtime.train.grpo import GRPOConfig
+    from edge_runtime.train.optim import LoopConfig
+
+    shared = {f.name for f in fields(LoopConfig)}
+    assert issubclass(OptimConfig, LoopConfig) and issubclass(GRPOConfig, LoopConfig)
+    assert shared <= {f.name for f in fields(OptimConfig)} and shared <= {f.name for f in fields(GRPOConfig)}
+    with pytest.raises(ValueError, match=r"GRPOConfig\.steps must be an int >= 1, got 2\.5"):
+        GRPOConfig(steps=2.5)
+    assert GRPOConfig().lr == 1e-4 and OptimConfig().lr == 2e-3  # each loop keeps its own defaults
+
+
+def test_run_hooks_rebuilds_the_optimizer_after_a_structural_change():
+    from edge_runtime.train.optim import TrainState, make_optimizer, run_hooks
+
+    cfg = OptimConfig(steps=2, lr=1e-3)
+    model = torch.nn.Linear(3, 2)
+    first = make_optimizer(model, cfg)
+    mine = make_optimizer(model, cfg)
+    seen = []
+
+    def no_change(state):
+        seen.append(("no_change", state.optimizer))
+        return False
+
+    def changed(state):
+        seen.append(("changed", state.optimizer))
+        return True
+
+    def replaces(state):
+        state.optimizer = mine
+        return True
+
+    state = TrainState(1, model, first)
+    assert run_hooks([no_change], state, cfg) is first
+    rebuilt = run_hooks([changed, no_change], state, cfg)
+    assert rebuilt is not first and seen[-1] == ("no_change", rebuilt)  # the next hook sees the new one
+    assert run_hooks([replaces], state, cfg) is mine  # a hook's own optimizer is kept
+
+
+def test_device_auto_cpu_and_cuda_without_a_gpu(monkeypatch):
+    from edge_runtime.train.device import describe_device, resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device("auto") == resolve_device(None) == resolve_device("cpu") == torch.device("cpu")
+    with pytest.raises(ValueError, match=r"--device cuda: CUDA is not available.*use --device cpu"):
+        resolve_device("cuda")
+    with pytest.raises(ValueError, match="--device"):
+        resolve_device("meta")
+    assert describe_device("cpu") == {"device": "cpu", "gpu": None}
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert resolve_device("auto") == torch.device("cuda")
+
+
+def test_edge_train_device_cuda_without_a_gpu_is_one_line_and_exit_2(monkeypatch, tmp_path, capsys):
+    from edge_runtime.train.cli import main
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    for command in (["sft", "--out", str(tmp_path / "m")],
+                    ["bpf", "--init-from", str(tmp_path / "none"), "--out", str(tmp_path / "p"), "--schedule", "rl"]):
+        assert main(command + ["--device", "cuda"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.count("\n") == 0 and "--device cuda" in err and "--device cpu" in err
+    assert not (tmp_path / "m.training").exists()  # it fails before any work
+
+
+def test_edge_train_help_names_every_default_and_choice():
+    """Every flag has help text and shows its default; fixed value sets are choices; no
+    reStructuredText markup reaches --help."""
+    import argparse
+
+    from edge_runtime.train.cli import build_parser
+
+    ap = build_parser()
+    subparsers = next(a for a in ap._actions if isinstance(a, argparse._SubParsersAction)).choices
+    assert set(subparsers) >= {"sft", "bpf", "card"}
+    for name, sub in subparsers.items():
+        for action in sub._actions:
+            if action.dest == "help":
+                continue
+            assert action.help, (name, action.dest)
+            assert "(default:" in action.help or action.required, (name, action.dest)
+        text = sub.format_help()
+        assert "``" not in text, name
+        if name in ("sft", "bpf"):
+            device = next(a for a in sub._actions if a.dest == "device")
+            assert list(device.choices) == ["auto", "cpu", "cuda"] and device.default == "auto"
+    assert "``" not in ap.format_help()
+    bpf = subparsers["bpf"]
+    assert all(next(a for a in bpf._actions if a.dest == d).choices for d in ("schedule", "importance", "scope",
+                                                                              "head_mode"))
+
+
+def test_edge_train_sft_records_the_device_it_ran_on(tmp_path):
+    from edge_runtime.train.cli import main
+
+    out = tmp_path / "m"
+    assert main(["sft", "--out", str(out), "--preset", "qwen2-1m", "--steps", "1", "--batch-size", "2",
+                 "--mpc-examples", "4", "--decision-per-instruction", "2", "--eval-every", "0", "--threads", "1",
+                 "--device", "cpu"]) == 0
+    summary = json.loads((out / "train_summary.json").read_text())
+    assert summary["device"] == "cpu" and summary["gpu"] is None

@@ -12,14 +12,15 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from edge_runtime.control.params import MPCParams  # noqa: E402
 from edge_runtime.model.tokenizer import (ANSWER_TOKENS, EOS_TOKEN, PAD_TOKEN, as_hf_tokenizer,  # noqa: E402
-                                          load_tokenizer, save_tokenizer, task_corpus, token_counts,
-                                          train_tokenizer)
+                                          load_tokenizer, save_tokenizer, token_counts, train_tokenizer)
 from edge_runtime.tasks import decision, instructions  # noqa: E402
 from edge_runtime.tasks.answers import format_decision_answer, format_mpc_answer  # noqa: E402
 from edge_runtime.tasks.decision import generate_decision_dataset  # noqa: E402
 from edge_runtime.contracts.task_enums import Category  # noqa: E402
 from edge_runtime.tasks.instructions import instruction_set  # noqa: E402
 from edge_runtime.tasks.prompts import PromptContext, build_decision_prompt, build_mpc_prompt  # noqa: E402
+from edge_runtime.sim.tracks import TEST_TRACK, VALIDATION_TRACK  # noqa: E402
+from edge_runtime.train.corpus import task_corpus  # noqa: E402
 
 MAX_PROMPT_TOKENS = 300
 
@@ -35,8 +36,8 @@ def tok(corpus):
 
 
 @pytest.fixture(scope="session")
-def heldout_decision():
-    return generate_decision_dataset(n_per_instruction=12, split="heldout")
+def unseen_decision():
+    return generate_decision_dataset(n_per_instruction=12, split="validation")
 
 
 def _pieces(tok, text: str) -> list[str]:
@@ -47,18 +48,37 @@ def _pieces(tok, text: str) -> list[str]:
 # The corpus
 # ---------------------------------------------------------------------------------------------
 def test_corpus_uses_train_split_only(corpus):
+    """Every train phrasing is in the corpus; no validation or test phrasing of a task is an
+    instruction of that task's texts in it."""
+    import re
+
     text = "\n".join(corpus)
+
+    def instructions_of(texts) -> set[str]:
+        return {line[len("Instruction: "):] for t in texts for line in t.splitlines()
+                if line.startswith("Instruction: ")}
+
+    is_decision = [t.endswith(("<answer>True</answer>", "<answer>False</answer>")) for t in corpus]
+    mpc_seen = instructions_of(t for t, d in zip(corpus, is_decision) if not d)
+    decision_seen = instructions_of(t for t, d in zip(corpus, is_decision) if d)
+
+    def used(phrasing: str, seen: set[str]) -> bool:
+        pattern = re.compile(re.escape(phrasing).replace(re.escape("{v}"), r"-?[0-9.]+"))
+        return any(pattern.fullmatch(s) for s in seen)
+
     for category in Category:
-        for p in instructions.phrasings(category, "heldout"):
-            assert p.split("{v}")[0] not in text, p
+        for split in ("validation", "test"):
+            for p in instructions.phrasings(category, split):
+                assert not used(p, mpc_seen), (split, p)
         for p in instructions.phrasings(category, "train"):
-            assert p.split("{v}")[0] in text, p
+            assert used(p, mpc_seen), p
     for ins in decision.DecisionInstruction:
-        for p in decision.phrasings(ins, "heldout"):
-            assert p not in text, p
+        for split in ("validation", "test"):
+            for p in decision.phrasings(ins, split):
+                assert not used(p, decision_seen), (split, p)
         for p in decision.phrasings(ins, "train"):
-            assert f"Instruction: {p}\n" in text, p
-    assert "hairpin" not in text  # the held-out track
+            assert used(p, decision_seen), p
+    assert VALIDATION_TRACK not in text and TEST_TRACK not in text  # the evaluation tracks
     assert all(d in text for d in "0123456789")
     assert "<answer>True</answer>" in text and "<answer>False</answer>" in text
 
@@ -94,9 +114,9 @@ def test_numbers_round_trip_digit_by_digit(tok, number):
     assert digits == [c for c in number if c.isdigit()]
 
 
-def test_prompts_and_answers_round_trip(tok, heldout_decision):
-    texts = [build_mpc_prompt(i.text, PromptContext(-1.3, "hairpin")) for i in instruction_set("heldout")]
-    texts += [build_decision_prompt(ex.history, ex.phrasing) for ex in heldout_decision[:16]]
+def test_prompts_and_answers_round_trip(tok, unseen_decision):
+    texts = [build_mpc_prompt(i.text, PromptContext(-1.3, "hairpin")) for i in instruction_set("validation")]
+    texts += [build_decision_prompt(ex.history, ex.phrasing) for ex in unseen_decision[:16]]
     texts += [format_mpc_answer(MPCParams.from_unit_vector([0.123 * k % 1 for k in range(11)]), "Reason here."),
               format_decision_answer(True)]
     for text in texts:
@@ -150,11 +170,11 @@ def test_load_rejects_tokenizer_without_our_tokens(tmp_path):
         load_tokenizer(tmp_path / "plain.json")
 
 
-def test_hf_wrapper_same_ids(tok, tmp_path, heldout_decision):
+def test_hf_wrapper_same_ids(tok, tmp_path, unseen_decision):
     hf = as_hf_tokenizer(tok)
     assert hf.eos_token == EOS_TOKEN and hf.bos_token == EOS_TOKEN and hf.pad_token == PAD_TOKEN
     assert hf.eos_token_id == 0 and hf.bos_token_id == 0 and hf.pad_token_id == 1
-    texts = [build_mpc_prompt("Drive at 2.5 m/s."), build_decision_prompt(heldout_decision[0].history, "Reverse."),
+    texts = [build_mpc_prompt("Drive at 2.5 m/s."), build_decision_prompt(unseen_decision[0].history, "Reverse."),
              format_mpc_answer(MPCParams(), "A reason .")]
     for text in texts:
         ids = hf(text)["input_ids"]
@@ -165,9 +185,12 @@ def test_hf_wrapper_same_ids(tok, tmp_path, heldout_decision):
     assert as_hf_tokenizer(tmp_path / "tokenizer.json").vocab_size == tok.get_vocab_size()
 
 
-def test_tokenizer_module_imports_transformers_lazily():
+def test_tokenizer_module_imports_transformers_lazily_and_no_training_data_code():
+    """Loading a model's tokenizer needs neither torch nor the task / simulator code (the corpus
+    that trains it is built in train/corpus.py)."""
     code = ("import sys, edge_runtime.model.tokenizer\n"
-            "bad = [m for m in ('torch', 'transformers') if m in sys.modules]\n"
+            "bad = [m for m in ('torch', 'transformers', 'edge_runtime.tasks', 'edge_runtime.sim',\n"
+            "                   'edge_runtime.train') if m in sys.modules]\n"
             "assert not bad, bad\n")
     subprocess.run([sys.executable, "-c", code], check=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
 
@@ -175,10 +198,11 @@ def test_tokenizer_module_imports_transformers_lazily():
 # ---------------------------------------------------------------------------------------------
 # Prompt lengths in tokens
 # ---------------------------------------------------------------------------------------------
-def test_prompt_token_counts(tok, heldout_decision):
-    mpc = [build_mpc_prompt(i.text, ctx) for split in ("train", "heldout") for i in instruction_set(split)
+def test_prompt_token_counts(tok, unseen_decision):
+    mpc = [build_mpc_prompt(i.text, ctx) for split in ("train", "validation", "test")
+           for i in instruction_set(split)
            for ctx in (None, PromptContext(-1.5, "hairpin"))]
-    dec = [build_decision_prompt(ex.history, ex.phrasing) for ex in heldout_decision]
+    dec = [build_decision_prompt(ex.history, ex.phrasing) for ex in unseen_decision]
     assert max(token_counts(tok, mpc)) <= MAX_PROMPT_TOKENS
     assert max(token_counts(tok, dec)) <= MAX_PROMPT_TOKENS
     answer = format_mpc_answer(MPCParams.from_unit_vector([0.123456] * 11))

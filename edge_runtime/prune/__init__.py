@@ -5,7 +5,10 @@ random), physical removal that keeps GQA valid, and a planner that prunes to a c
 ratio of the prunable parameters (local or global scope).
 
     from edge_runtime.prune import PruneConfig, prune_to_ratio
-    report = prune_to_ratio(model, 0.5, dense_spec, PruneConfig(), batches=calibration)
+    report = prune_to_ratio(model, 0.5, dense_spec, PruneConfig(), batches=calibration, loss_fn=answer_loss)
+
+The loss of the Taylor scores is the caller's (training passes its answer-token loss): prune/
+imports nothing from train/.
 """
 
 from __future__ import annotations

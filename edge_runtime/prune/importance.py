@@ -12,7 +12,12 @@ calibration batches (accumulated, then multiplied by W), i.e. the Taylor expansi
 calibration loss itself. Magnitude (sum |W|) and seeded random scores are the usual baselines.
 
 Pruning happens *during* training, so scoring must not disturb the trainer: existing `.grad`
-tensors, `requires_grad` flags and the train/eval mode are saved and restored.
+tensors, `requires_grad` flags and the train/eval mode are saved and restored. The trainer may
+also have moved the model to a GPU while the calibration batches were built on the CPU: every
+batch is moved to the model's device before it meets the model.
+
+The loss is the caller's (`LossFn`): training passes its answer-token loss, so that prune/
+stays below train/ and imports nothing from it.
 """
 
 from __future__ import annotations
@@ -22,11 +27,14 @@ from dataclasses import dataclass
 
 import torch
 
+from ..model.batching import batch_to_device, model_device
 from .config import PruneConfig, PruneError
 
-__all__ = ["Importance", "LayerImportance", "compute_importance"]
+__all__ = ["Importance", "LayerImportance", "LossFn", "compute_importance"]
 
 LossFn = Callable[[torch.nn.Module, dict], torch.Tensor]
+"""``loss_fn(model, batch) -> scalar`` whose gradient the Taylor scores use (the batch arrives on
+the model's device)."""
 
 
 @dataclass(frozen=True)
@@ -113,13 +121,12 @@ def _random_scores(model, head_dim: int, seed: int) -> tuple[LayerImportance, ..
 def _taylor_scores(model, batches: Iterable[dict] | None, loss_fn: LossFn | None,
                    head_dim: int) -> tuple[tuple[LayerImportance, ...], int]:
     if batches is None:
-        raise PruneError("taylor importance needs calibration batches (dicts as made by "
-                         "edge_runtime.train.sft.collate); pass batches=..., or use "
-                         "PruneConfig(importance='magnitude')")
+        raise PruneError("taylor importance needs calibration batches (dicts of tensors the loss function "
+                         "takes); pass batches=..., or use PruneConfig(importance='magnitude')")
     if loss_fn is None:
-        from ..train.sft import answer_loss  # lazy: train/ sits above prune/
-
-        loss_fn = answer_loss
+        raise PruneError("taylor importance needs a loss function: pass loss_fn=... (e.g. "
+                         "edge_runtime.train.sft.answer_loss), or use PruneConfig(importance='magnitude')")
+    device = model_device(model)
     all_params = list(model.parameters())
     saved_grads = [p.grad for p in all_params]
     saved_flags = [p.requires_grad for p in all_params]
@@ -133,7 +140,7 @@ def _taylor_scores(model, batches: Iterable[dict] | None, loss_fn: LossFn | None
         n = 0
         with torch.enable_grad():
             for batch in batches:
-                loss = loss_fn(model, batch)
+                loss = loss_fn(model, batch_to_device(batch, device))
                 if not torch.isfinite(loss):
                     raise PruneError(f"calibration loss of batch {n} is not finite ({loss.item()}); "
                                      "taylor importance would be meaningless")
@@ -157,9 +164,10 @@ def compute_importance(model, batches: Iterable[dict] | None = None, loss_fn: Lo
                        cfg: PruneConfig | None = None) -> Importance:
     """Score every unit of every decoder layer with `cfg.importance`.
 
-    `batches`: calibration batches (dicts as made by `train.sft.collate`), needed by "taylor"
-    only; `loss_fn(model, batch) -> scalar` defaults to `train.sft.answer_loss`. The model's
-    existing gradients, requires_grad flags and train/eval mode are left as they were.
+    `batches` (calibration dicts of tensors, on any device) and `loss_fn(model, batch) -> scalar`
+    are needed by "taylor" only; each batch is moved to the model's device before `loss_fn` sees
+    it. The model's existing gradients, requires_grad flags and train/eval mode are left as they
+    were.
     """
     cfg = cfg or PruneConfig()
     head_dim = model.model.layers[0].self_attn.head_dim

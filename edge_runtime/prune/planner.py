@@ -252,17 +252,19 @@ def prune_to_ratio(model, target_ratio: float, reference_spec: ArchSpec, cfg: Pr
     """Prune `model` in place until its prunable parameters are about (1 - target_ratio) x
     `prunable_parameters(reference_spec, cfg)`; see the module docstring for the two scopes.
 
-    `batches` (calibration dicts as made by `train.sft.collate`) and `loss_fn` are used by the
-    "taylor" importance only. Returns a PruneReport; `report.changed` says whether modules were
-    replaced (then rebuild the optimizer).
+    `batches` (calibration dicts of tensors, on any device: each is moved to the model's) and
+    `loss_fn(model, batch) -> scalar` (the caller's training loss, e.g. `train.sft.answer_loss`)
+    are needed by the "taylor" importance only. Returns a PruneReport; `report.changed` says
+    whether modules were replaced (then rebuild the optimizer).
     """
     cfg = cfg or PruneConfig()
     if isinstance(target_ratio, bool) or not isinstance(target_ratio, (int, float)) \
             or not 0.0 <= target_ratio < 1.0:
         raise PruneError(f"target_ratio must be a number in [0, 1), got {target_ratio!r}")
-    if cfg.importance == "taylor" and batches is None:
-        raise PruneError("PruneConfig.importance='taylor' needs calibration batches: pass batches=[...] "
-                         "(dicts as made by edge_runtime.train.sft.collate) or use importance='magnitude'")
+    if cfg.importance == "taylor" and (batches is None or loss_fn is None):
+        raise PruneError("PruneConfig.importance='taylor' needs calibration batches and their loss: pass "
+                         "batches=[...] and loss_fn=... (e.g. edge_runtime.train.sft.collate batches and "
+                         "answer_loss) or use importance='magnitude'")
     started = time.perf_counter()
     before = spec_from_model(model)
     _check_reference(before, reference_spec)

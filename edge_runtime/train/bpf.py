@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -103,8 +103,9 @@ def share_steps(phase_steps: int, n: int) -> list[int]:
 class PruneHook:
     """StepHook: at the given steps, prune the model to the given cumulative ratios.
 
-    The Taylor importance is computed on ``calibration`` (task batches, answer-token loss) at the
-    moment of pruning, i.e. with the weights as the training has made them so far."""
+    The Taylor importance is computed on ``calibration`` (task batches, ``loss_fn``: the SFT
+    answer-token loss unless given) at the moment of pruning, i.e. with the weights as the
+    training has made them so far, on whatever device the trainer put the model."""
 
     at_steps: Sequence[int]
     targets: Sequence[float]
@@ -114,11 +115,16 @@ class PruneHook:
     phase: str
     reports: list = field(default_factory=list)
     log: Callable[[str], None] = print
+    loss_fn: Callable | None = None  # None: train.sft.answer_loss
 
     def __post_init__(self) -> None:
         if len(self.at_steps) != len(self.targets):
             raise ValueError("PruneHook: one target per step")
         self._plan = dict(zip(self.at_steps, self.targets))
+        if self.loss_fn is None:
+            from .sft import answer_loss
+
+            self.loss_fn = answer_loss
 
     def __call__(self, state) -> bool:
         target = self._plan.get(state.step)
@@ -127,7 +133,7 @@ class PruneHook:
         from ..prune import prune_to_ratio
 
         report = prune_to_ratio(state.model, target, self.reference_spec, self.prune_config,
-                                batches=self.calibration)
+                                batches=self.calibration, loss_fn=self.loss_fn)
         record = {"phase": self.phase, "step": state.step, "target": target, **_report_dict(report)}
         self.reports.append(record)
         state.metrics["prune"] = {k: record[k] for k in ("target", "achieved_ratio", "params_after")}
@@ -142,7 +148,11 @@ def _report_dict(report) -> dict:
 
 def calibration_batches(tokenizer, table, n_batches: int = 4, batch_size: int = 16, seed: int = 1234) -> list[dict]:
     """Task batches for the importance scores: SFT-format examples (MPC and decision, training
-    phrasings, oracle answers) with a seed of their own."""
+    phrasings, oracle answers) with a seed of their own. They stay on the CPU: the importance
+    scoring moves each batch to the model's device when it uses it, wherever a trainer has put
+    the model by then."""
+    import torch
+
     from .sft import collate, encode_examples
     from .sft_data import SFTDataConfig, build_sft_examples
 
@@ -153,7 +163,7 @@ def calibration_batches(tokenizer, table, n_batches: int = 4, batch_size: int = 
 
     eos, pad = special_ids(tokenizer)
     encoded = encode_examples(examples, tokenizer, eos, max_length=768)
-    return [collate(encoded[i:i + batch_size], pad, __import__("torch").device("cpu"))
+    return [collate(encoded[i:i + batch_size], pad, torch.device("cpu"))
             for i in range(0, len(encoded), batch_size)]
 
 
@@ -164,6 +174,7 @@ class RecipeResult:
     sft_history: dict | None
     rl_history: dict | None
     wall_time_s: float
+    device: str = "cpu"  # where the recipe ran (the model ends there too)
 
     def summary(self) -> dict:
         return {"prune_reports": self.reports, "sft_history": self.sft_history, "rl_history": self.rl_history,
@@ -172,19 +183,24 @@ class RecipeResult:
 
 def run_recipe(model, tokenizer, reference_spec, recipe: RecipeConfig, work_dir: Path, *, table,
                sft_optim, sft_data, grpo_config, reward_pool, prune_config, log: Callable[[str], None] = print,
-               calibration_batch_count: int = 4) -> RecipeResult:
+               calibration_batch_count: int = 4, device=None) -> RecipeResult:
     """Run ``recipe`` on ``model`` (modified in place and returned).
 
     ``sft_optim`` (OptimConfig, its ``steps`` replaced by ``recipe.sft_steps``) and ``sft_data``
     (SFTDataConfig) describe the SFT phase; ``grpo_config`` (GRPOConfig, ``steps`` replaced by
-    ``recipe.rl_steps``) the RL phase; ``reward_pool`` scores RL completions."""
+    ``recipe.rl_steps``) the RL phase; ``reward_pool`` scores RL completions. ``device``: where
+    every phase runs, post-training prunes included ("auto", "cpu", "cuda" or a torch.device;
+    None: auto)."""
     import dataclasses
 
     from ..prune import prune_to_ratio
+    from .device import resolve_device
     from .grpo import GRPOTrainer
-    from .sft import SFTTrainer, seed_everything
+    from .sft import SFTTrainer, answer_loss, seed_everything
     from .sft_data import build_sft_examples
 
+    device = resolve_device(device)
+    model = model.to(device)
     started = time.time()
     work_dir = Path(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
@@ -203,11 +219,12 @@ def run_recipe(model, tokenizer, reference_spec, recipe: RecipeConfig, work_dir:
                                                              seed=recipe.seed + 1))
         trainer = SFTTrainer(model, tokenizer, examples, dataclasses.replace(sft_optim, steps=recipe.sft_steps,
                                                                              seed=recipe.seed),
-                             work_dir / "sft", eval_examples=held, hooks=[hook])
+                             work_dir / "sft", eval_examples=held, hooks=[hook], device=device)
         sft_history = trainer.train()
         model = trainer.model
     if recipe.schedule in ("ptp", "ptp-rl"):
-        report = prune_to_ratio(model, recipe.ratio, reference_spec, prune_config, batches=calibration)
+        report = prune_to_ratio(model, recipe.ratio, reference_spec, prune_config, batches=calibration,
+                                loss_fn=answer_loss)
         reports.append({"phase": "post-training", "step": 0, "target": recipe.ratio, **_report_dict(report)})
         log(f"[post-training] pruned to {reports[-1]['achieved_ratio']:.3f} of the prunable parameters")
     if recipe.rl_steps:
@@ -215,12 +232,8 @@ def run_recipe(model, tokenizer, reference_spec, recipe: RecipeConfig, work_dir:
                          prune_config, calibration, "rl", reports, log)
         trainer = GRPOTrainer(model, tokenizer, dataclasses.replace(grpo_config, steps=recipe.rl_steps,
                                                                     seed=recipe.seed),
-                              work_dir / "rl", reward_pool, hooks=[hook])
+                              work_dir / "rl", reward_pool, hooks=[hook], device=device)
         rl_history = trainer.train()
         model = trainer.model
     (work_dir / "prune_reports.json").write_text(json.dumps(reports, indent=1) + "\n")
-    return RecipeResult(model, reports, sft_history, rl_history, time.time() - started)
-
-
-def recipe_dict(recipe: RecipeConfig) -> dict:
-    return asdict(recipe)
+    return RecipeResult(model, reports, sft_history, rl_history, time.time() - started, str(device))

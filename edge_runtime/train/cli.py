@@ -1,11 +1,14 @@
 """``edge-train``: train the driving LLM.
 
     edge-train sft --out models/dense --preset qwen2-4m --steps 1500 --seed 0
+    edge-train bpf --init-from models/dense --out models/pruned50 --schedule sft-rl --device cuda
     edge-train card --model models/dense --eval models/dense/eval_heldout.json
 
 ``sft`` trains a tokenizer on the task corpus (unless ``--init-from`` brings a model with its own),
 builds the preset, runs SFT on oracle answers for the training phrasings and saves a safetensors
 model directory with its architecture spec, tokenizer, metrics.jsonl and train_summary.json.
+``bpf`` runs one pruning schedule (or its dense baseline) from a trained model directory.
+Every training command takes ``--device auto|cpu|cuda`` and records the device it ran on.
 ``card`` writes the model card (README.md in the model directory) from those files and an
 ``edge-eval --json`` report.
 """
@@ -42,11 +45,14 @@ def cmd_sft(args: argparse.Namespace) -> int:
     from ..model.build import build_model, preset_spec
     from ..model.io import load_pretrained_dir, save_model
     from ..model.spec import spec_from_model
-    from ..model.tokenizer import load_tokenizer, save_tokenizer, task_corpus, train_tokenizer
+    from ..model.tokenizer import load_tokenizer, save_tokenizer, train_tokenizer
     from ..tasks.oracle_table import OracleTable
+    from .corpus import task_corpus
+    from .device import describe_device, resolve_device
     from .sft import OptimConfig, SFTTrainer, seed_everything
     from .sft_data import SFTDataConfig, build_sft_examples
 
+    device = resolve_device(args.device)  # before minutes of data building: a wrong --device fails at once
     if args.threads:
         torch.set_num_threads(args.threads)
     started = time.time()
@@ -87,7 +93,8 @@ def cmd_sft(args: argparse.Namespace) -> int:
     def checkpoint(m, path: Path) -> None:
         save_model(m, path, spec_from_model(m), tokenizer_json=work / "tokenizer.json")
 
-    trainer = SFTTrainer(model, tokenizer, train, optim, work, eval_examples=held, checkpoint_fn=checkpoint)
+    trainer = SFTTrainer(model, tokenizer, train, optim, work, eval_examples=held, checkpoint_fn=checkpoint,
+                         device=device)
     history = trainer.train()
     summary = {
         "command": "edge-train " + shlex.join(args.argv),
@@ -96,8 +103,7 @@ def cmd_sft(args: argparse.Namespace) -> int:
         "lexicon_sha256": _lexicon_sha256(data_cfg),
         "history": history, "wall_time_s": time.time() - started, "torch": torch.__version__,
         "threads": torch.get_num_threads(), "machine": platform.processor() or platform.machine(),
-        "device": str(trainer.device),
-        "gpu": torch.cuda.get_device_name(trainer.device) if trainer.device.type == "cuda" else None,
+        **describe_device(trainer.device),
     }
     if args.init_from and (Path(args.init_from) / "train_summary.json").exists():
         # a continued run keeps the history of the run it started from (the model card lists both)
@@ -124,11 +130,13 @@ def cmd_bpf(args: argparse.Namespace) -> int:
     from ..prune import PruneConfig, prunable_parameters
     from ..tasks.oracle_table import OracleTable
     from .bpf import RecipeConfig, run_recipe
+    from .device import describe_device, resolve_device
     from .grpo import GRPOConfig
     from .rewards import make_reward_pool
     from .sft import OptimConfig
     from .sft_data import SFTDataConfig
 
+    device = resolve_device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
     started = time.time()
@@ -158,7 +166,8 @@ def cmd_bpf(args: argparse.Namespace) -> int:
           f"SFT {recipe.sft_steps} steps, RL {recipe.rl_steps} steps")
     with make_reward_pool(args.ray, args.workers) as pool:
         result = run_recipe(model, tokenizer, reference, recipe, work, table=table, sft_optim=sft_optim,
-                            sft_data=sft_data, grpo_config=grpo, reward_pool=pool, prune_config=prune_cfg)
+                            sft_data=sft_data, grpo_config=grpo, reward_pool=pool, prune_config=prune_cfg,
+                            device=device)
     model = result.model
     n_params = sum(p.numel() for p in model.parameters())
     summary = {
@@ -170,7 +179,8 @@ def cmd_bpf(args: argparse.Namespace) -> int:
         "reference_prunable": prunable_parameters(reference, prune_cfg),
         "whole_model_reduction": 1.0 - n_params / reference.num_parameters(),
         **result.summary(), "wall_time_s": time.time() - started, "torch": torch.__version__,
-        "threads": torch.get_num_threads(), "machine": platform.processor() or platform.machine(), "device": "cpu",
+        "threads": torch.get_num_threads(), "machine": platform.processor() or platform.machine(),
+        **describe_device(result.device),
     }
     if (init / "train_summary.json").exists():
         summary["init_summary"] = json.loads((init / "train_summary.json").read_text())
@@ -197,81 +207,129 @@ def cmd_card(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    ap = argparse.ArgumentParser(prog="edge-train", description=__doc__.split("\n")[0])
+def _common_flags(p: argparse.ArgumentParser) -> None:
+    """The flags every training command takes."""
+    from .device import DEVICE_CHOICES
+
+    p.add_argument("--device", default="auto", choices=DEVICE_CHOICES,
+                   help="where to train: auto = CUDA when available, else the CPU; cuda fails when there is none "
+                        "(default: %(default)s)")
+    p.add_argument("--threads", type=int, default=0,
+                   help="torch CPU threads, 0: torch's default (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the data, the model init and the sampling (default: %(default)s)")
+    p.add_argument("--oracle-table", default=str(DEFAULT_ORACLE_TABLE),
+                   help="oracle answers to train on: JSON table of MPC parameter sets per instruction "
+                        "(default: %(default)s)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Every flag says its default (argparse fills in %(default)s); fixed value sets are choices."""
+    from ..model.build import PRESETS
+    from .bpf import SCHEDULES
+
+    d = " (default: %(default)s)"
+    ap = argparse.ArgumentParser(prog="edge-train",
+                                 description="Train the driving LLM: SFT, BPF pruning recipes, model cards.")
     sub = ap.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("sft", help="supervised fine-tuning on oracle answers")
+
+    p = sub.add_parser("sft", help="supervised fine-tuning on oracle answers",
+                       description="Train a tokenizer on the task corpus (unless --init-from brings one), build "
+                                   "the preset, run SFT on oracle answers and save a model directory.")
     p.add_argument("--out", required=True, help="model directory to write")
-    p.add_argument("--preset", default="qwen2-4m", help="tiny preset to build from scratch")
-    p.add_argument("--num-layers", type=int, default=0, help="override the preset's layer count (0: keep)")
-    p.add_argument("--intermediate-size", type=int, default=0, help="override the preset's MLP width (0: keep)")
-    p.add_argument("--init-from", help="start from a local model directory (ours or a Hugging Face checkpoint)")
-    p.add_argument("--oracle-table", default=str(DEFAULT_ORACLE_TABLE))
-    p.add_argument("--steps", type=int, default=1500)
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--lr", type=float, default=2e-3)
-    p.add_argument("--warmup", type=int, default=100)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--vocab-size", type=int, default=1024)
-    p.add_argument("--mpc-examples", type=int, default=3000)
-    p.add_argument("--decision-per-instruction", type=int, default=200)
-    p.add_argument("--jitter", type=float, default=0.03)
+    p.add_argument("--preset", default="qwen2-4m", choices=sorted(PRESETS),
+                   help="tiny preset to build from scratch" + d)
+    p.add_argument("--num-layers", type=int, default=0, help="override the preset's layer count, 0: keep" + d)
+    p.add_argument("--intermediate-size", type=int, default=0, help="override the preset's MLP width, 0: keep" + d)
+    p.add_argument("--init-from", help="start from a local model directory (ours or a Hugging Face checkpoint) "
+                                       "instead of --preset (default: none, build the preset)")
+    p.add_argument("--steps", type=int, default=1500, help="optimiser steps" + d)
+    p.add_argument("--batch-size", type=int, default=16, help="examples per step" + d)
+    p.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (AdamW, cosine decay)" + d)
+    p.add_argument("--warmup", type=int, default=100, help="linear warm-up steps" + d)
+    p.add_argument("--vocab-size", type=int, default=1024, help="tokenizer vocabulary (new models only)" + d)
+    p.add_argument("--mpc-examples", type=int, default=3000, help="MPC-task training examples" + d)
+    p.add_argument("--decision-per-instruction", type=int, default=200,
+                   help="decision-task examples per decision instruction (8 instructions)" + d)
+    p.add_argument("--jitter", type=float, default=0.03,
+                   help="Gaussian noise on the oracle parameters of each MPC example, sigma as a fraction of "
+                        "each parameter's range" + d)
     p.add_argument("--synonym-rate", type=float, default=0.0,
-                   help="replace each content word of a phrasing by a WordNet synonym with this probability")
+                   help="replace each content word of a phrasing by a WordNet synonym with this probability" + d)
     p.add_argument("--distractor-fraction", type=float, default=0.0,
-                   help="share of MPC examples whose instruction names no category (answer: the defaults)")
-    p.add_argument("--lexicon", default=None, help="lexicon JSON (default: the one shipped with the package)")
+                   help="share of MPC examples whose instruction names no category (answer: the defaults)" + d)
+    p.add_argument("--lexicon", default=None,
+                   help="lexicon JSON for the augmentation (default: the one shipped with the package)")
     p.add_argument("--insertion-rate", type=float, default=0.0,
-                   help="share of phrasings with 1-3 random words inserted (their instruction words kept)")
+                   help="share of phrasings with 1-3 random words inserted (their instruction words kept)" + d)
     p.add_argument("--history-augment", type=float, default=0.0,
                    help="share of decision examples whose state history gets a label-preserving edit "
-                        "(lateral shift, swing and speed scale)")
-    p.add_argument("--eval-every", type=int, default=250)
-    p.add_argument("--checkpoint-every", type=int, default=0)
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+                        "(lateral shift, swing and speed scale)" + d)
+    p.add_argument("--eval-every", type=int, default=250,
+                   help="evaluation loss every N steps and after the last, 0: only after the last" + d)
+    p.add_argument("--checkpoint-every", type=int, default=0,
+                   help="checkpoint every N steps, 0: only the final model" + d)
+    _common_flags(p)
     p.set_defaults(func=cmd_sft)
-    b = sub.add_parser("bpf", help="prune during training (BPF) or run a baseline schedule")
+
+    b = sub.add_parser("bpf", help="prune during training (BPF) or run a baseline schedule",
+                       description="One pruning schedule (or the same-budget dense baseline) from a trained "
+                                   "model directory: SFT continuation, then closed-loop GRPO.")
     b.add_argument("--init-from", required=True, help="trained dense model directory (after SFT)")
-    b.add_argument("--out", required=True)
-    b.add_argument("--schedule", required=True, choices=["rl", "sft-rl", "sft", "ptp", "ptp-rl", "none"],
+    b.add_argument("--out", required=True, help="model directory to write")
+    b.add_argument("--schedule", required=True, choices=list(SCHEDULES),
                    help="rl: BPF-RL; sft-rl: BPF-SFT/RL; sft: SFT-stage pruning; ptp / ptp-rl: post-training "
                         "pruning (without / with RL recovery; --init-from the fully trained model); none: no pruning")
-    b.add_argument("--ratio", type=float, default=0.5, help="fraction of the prunable parameters to remove")
-    b.add_argument("--shares", type=int, default=4)
-    b.add_argument("--sft-shares", type=int, default=2, help="sft-rl: shares pruned during SFT")
-    b.add_argument("--sft-steps", type=int, default=300)
-    b.add_argument("--rl-steps", type=int, default=100)
-    b.add_argument("--reference-spec", help="arch_spec.json of the dense reference (default: the input model's)")
-    b.add_argument("--importance", default="taylor", choices=["taylor", "magnitude", "random"])
-    b.add_argument("--scope", default="local", choices=["local", "global"])
-    b.add_argument("--head-mode", default="query", choices=["query", "group"])
-    b.add_argument("--keep-first", type=int, default=1)
-    b.add_argument("--keep-last", type=int, default=1)
-    b.add_argument("--round-to", type=int, default=8)
-    b.add_argument("--batch-size", type=int, default=16)
-    b.add_argument("--sft-lr", type=float, default=1e-3)
-    b.add_argument("--sft-warmup", type=int, default=20)
-    b.add_argument("--mpc-examples", type=int, default=3000)
-    b.add_argument("--decision-per-instruction", type=int, default=200)
-    b.add_argument("--jitter", type=float, default=0.03)
-    b.add_argument("--prompts-per-step", type=int, default=4)
-    b.add_argument("--group-size", type=int, default=6)
-    b.add_argument("--rl-lr", type=float, default=1e-4)
-    b.add_argument("--temperature", type=float, default=1.0)
-    b.add_argument("--kl-coef", type=float, default=0.0)
-    b.add_argument("--workers", type=int, default=2, help="local reward worker processes (0: in-process)")
-    b.add_argument("--ray", help="score rewards on a Ray cluster: auto or an address")
-    b.add_argument("--oracle-table", default=str(DEFAULT_ORACLE_TABLE))
-    b.add_argument("--seed", type=int, default=0)
-    b.add_argument("--threads", type=int, default=0)
+    b.add_argument("--ratio", type=float, default=0.5, help="fraction of the prunable parameters to remove" + d)
+    b.add_argument("--shares", type=int, default=4, help="equal pruning steps that together reach --ratio" + d)
+    b.add_argument("--sft-shares", type=int, default=2, help="sft-rl: shares pruned during SFT" + d)
+    b.add_argument("--sft-steps", type=int, default=300, help="steps of the SFT phase" + d)
+    b.add_argument("--rl-steps", type=int, default=100, help="steps of the GRPO phase" + d)
+    b.add_argument("--reference-spec",
+                   help="arch_spec.json of the dense reference (default: the input model's own spec)")
+    b.add_argument("--importance", default="taylor", choices=["taylor", "magnitude", "random"],
+                   help="unit importance: first-order Taylor on task batches, weight magnitude, or random" + d)
+    b.add_argument("--scope", default="local", choices=["local", "global"],
+                   help="local: the same ratio in every prunable layer; global: units compete across layers" + d)
+    b.add_argument("--head-mode", default="query", choices=["query", "group"],
+                   help="query: remove query heads evenly inside KV groups; group: whole KV groups" + d)
+    b.add_argument("--keep-first", type=int, default=1, help="first layers kept dense" + d)
+    b.add_argument("--keep-last", type=int, default=1, help="last layers kept dense" + d)
+    b.add_argument("--round-to", type=int, default=8, help="kept MLP widths are multiples of this" + d)
+    b.add_argument("--batch-size", type=int, default=16, help="SFT examples per step" + d)
+    b.add_argument("--sft-lr", type=float, default=1e-3, help="peak learning rate of the SFT phase" + d)
+    b.add_argument("--sft-warmup", type=int, default=20, help="warm-up steps of the SFT phase" + d)
+    b.add_argument("--mpc-examples", type=int, default=3000, help="MPC-task examples of the SFT phase" + d)
+    b.add_argument("--decision-per-instruction", type=int, default=200,
+                   help="decision-task examples per decision instruction in the SFT phase" + d)
+    b.add_argument("--jitter", type=float, default=0.03,
+                   help="Gaussian noise on the oracle parameters of each MPC example, sigma as a fraction of "
+                        "each parameter's range" + d)
+    b.add_argument("--prompts-per-step", type=int, default=4, help="GRPO prompts per step" + d)
+    b.add_argument("--group-size", type=int, default=6, help="GRPO completions per prompt" + d)
+    b.add_argument("--rl-lr", type=float, default=1e-4, help="peak learning rate of the GRPO phase" + d)
+    b.add_argument("--temperature", type=float, default=1.0, help="GRPO sampling temperature" + d)
+    b.add_argument("--kl-coef", type=float, default=0.0,
+                   help="weight of the KL term to the starting model, 0: none" + d)
+    b.add_argument("--workers", type=int, default=2, help="local reward worker processes, 0: in-process" + d)
+    b.add_argument("--ray", help="score rewards on a Ray cluster: auto or an address (default: none, local workers)")
+    _common_flags(b)
     b.set_defaults(func=cmd_bpf)
-    c = sub.add_parser("card", help="write the model card from training and evaluation results")
-    c.add_argument("--model", required=True)
-    c.add_argument("--eval", help="edge-eval --json report")
-    c.add_argument("--notes", help="a Markdown file appended as the card's Notes section (limitations, provenance)")
+
+    c = sub.add_parser("card", help="write the model card from training and evaluation results",
+                       description="Write README.md of a model directory from its train_summary.json "
+                                   "and an edge-eval --json report.")
+    c.add_argument("--model", required=True, help="model directory (holds train_summary.json)")
+    c.add_argument("--eval", help="edge-eval --json report (default: none, a card without evaluation)")
+    c.add_argument("--notes", help="a Markdown file appended as the card's Notes section: limitations, provenance "
+                                   "(default: none)")
     c.set_defaults(func=cmd_card)
-    args = ap.parse_args(argv)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    args = build_parser().parse_args(argv)
     args.argv = list(argv if argv is not None else sys.argv[1:])
     try:
         return args.func(args)

@@ -21,12 +21,14 @@ KL only needs its log-probabilities on the same tokens.
 
 Why our own loop rather than TRL's ``GRPOTrainer``: the pruning recipes replace Linear modules
 *during* training, which invalidates the optimizer's parameter references; here (as in
-``train.sft``) the optimizer is an attribute that a ``StepHook`` returning True rebuilds. TRL's
+``train.sft``, through ``train.optim.run_hooks``) the optimizer is an attribute that a ``StepHook``
+returning True rebuilds. TRL's
 trainer owns its optimizer and accelerator (and is not installed here), and it knows nothing of
 a closed-loop simulator reward running in worker processes. AdamW with ``make_optimizer``'s
-parameter groups, ``lr_at``'s warm-up + cosine schedule, gradient clipping, seeded everything,
-tqdm progress and metrics as JSON lines (``out_dir/metrics.jsonl``, example completions in
-``out_dir/samples.jsonl``) -- all in this one file.
+parameter groups and ``lr_at``'s warm-up + cosine schedule (``train.optim``, shared with SFT),
+gradient clipping, seeded everything, tqdm progress and metrics as JSON lines
+(``out_dir/metrics.jsonl``, example completions in ``out_dir/samples.jsonl``) -- the loop is
+in this one file.
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..evaluation.torch_policy import left_pad
+from ..model.batching import left_pad
 from ..model.tokenizer import special_ids
 from ..contracts.task_enums import Category
 from ..tasks.decision import DecisionExample, generate_decision_dataset
@@ -54,31 +56,35 @@ from ..tasks.instructions import (
 )
 from ..tasks.prompts import build_decision_prompt, build_mpc_prompt
 from .rewards import RewardBreakdown, RewardPool, RewardTask
-from .sft import StepHook, TrainState, lr_at, make_optimizer, seed_everything
+from .device import resolve_device
+from .optim import (
+    LoopConfig,
+    StepHook,
+    TrainState,
+    is_int,
+    is_number,
+    lr_at,
+    make_optimizer,
+    run_hooks,
+    seed_everything,
+)
 from .sft_data import wrap_phrasing
 
 __all__ = ["GRPOConfig", "GRPOTrainer", "Rollouts", "TaskSampler", "completion_logprobs", "group_advantages"]
 
 
-def _is_int(x) -> bool:
-    return isinstance(x, (int, np.integer)) and not isinstance(x, bool)
-
-
-def _is_num(x) -> bool:
-    return isinstance(x, (int, float, np.integer, np.floating)) and not isinstance(x, bool) and math.isfinite(x)
-
-
 @dataclass(frozen=True)
-class GRPOConfig:
+class GRPOConfig(LoopConfig):
+    """GRPO: the shared loop fields (``LoopConfig``; RL defaults below) plus sampling and rewards."""
+
     steps: int = 200
-    prompts_per_step: int = 4
-    group_size: int = 6  # completions per prompt (RobotxR1: 4-8)
     lr: float = 1e-4
     min_lr_ratio: float = 0.1
     warmup_steps: int = 10
     weight_decay: float = 0.0
-    betas: tuple[float, float] = (0.9, 0.98)
-    grad_clip: float = 1.0
+    eval_every: int = 0  # call eval_fn every N steps (and after the last); 0: never
+    prompts_per_step: int = 4
+    group_size: int = 6  # completions per prompt (RobotxR1: 4-8)
     temperature: float = 1.0
     top_k: int = 0  # 0: off
     max_new_tokens: int = 96  # oracle MPC answers: 37 tokens on average, 56 at most (models/dense tokenizer)
@@ -86,33 +92,20 @@ class GRPOConfig:
     decision_fraction: float = 0.25  # expected share of decision-task prompts per step
     decision_pool_per_instruction: int = 64  # decision histories simulated once per instruction (even)
     micro_batch: int = 0  # completions per forward/backward pass; 0: the whole step at once
-    seed: int = 0
-    eval_every: int = 0  # call eval_fn every N steps (and after the last); 0: never
     sample_every: int = 10  # write one completion per prompt to samples.jsonl every N steps; 0: never
-    checkpoint_every: int = 0  # 0: no intermediate checkpoints
 
-    def __post_init__(self) -> None:
-        def need(ok: bool, name: str, what: str) -> None:
-            if not ok:
-                raise ValueError(f"GRPOConfig.{name} must be {what}, got {getattr(self, name)!r}")
-
-        for name in ("steps", "prompts_per_step"):
-            need(_is_int(getattr(self, name)) and getattr(self, name) >= 1, name, "an int >= 1")
-        need(_is_int(self.group_size) and self.group_size >= 2, "group_size", "an int >= 2 (advantages need a group)")
-        need(_is_num(self.lr) and self.lr > 0, "lr", "a number > 0")
-        need(_is_num(self.min_lr_ratio) and 0 <= self.min_lr_ratio <= 1, "min_lr_ratio", "in [0, 1]")
-        for name in ("warmup_steps", "eval_every", "sample_every", "checkpoint_every", "micro_batch", "top_k"):
-            need(_is_int(getattr(self, name)) and getattr(self, name) >= 0, name, "an int >= 0")
-        need(_is_num(self.weight_decay) and self.weight_decay >= 0, "weight_decay", "a number >= 0")
-        need(len(self.betas) == 2 and all(_is_num(b) and 0 <= b < 1 for b in self.betas), "betas", "two numbers in [0, 1)")
-        need(_is_num(self.grad_clip) and self.grad_clip > 0, "grad_clip", "a number > 0")
-        need(_is_num(self.temperature) and self.temperature > 0, "temperature", "a number > 0")
-        need(_is_int(self.max_new_tokens) and self.max_new_tokens >= 1, "max_new_tokens", "an int >= 1")
-        need(_is_num(self.kl_coef) and self.kl_coef >= 0, "kl_coef", "a number >= 0")
-        need(_is_num(self.decision_fraction) and 0 <= self.decision_fraction <= 1, "decision_fraction", "in [0, 1]")
-        need(_is_int(self.decision_pool_per_instruction) and self.decision_pool_per_instruction >= 2
+    def _check(self) -> None:
+        need = self._need
+        need(is_int(self.prompts_per_step) and self.prompts_per_step >= 1, "prompts_per_step", "an int >= 1")
+        need(is_int(self.group_size) and self.group_size >= 2, "group_size", "an int >= 2 (advantages need a group)")
+        for name in ("sample_every", "micro_batch", "top_k"):
+            need(is_int(getattr(self, name)) and getattr(self, name) >= 0, name, "an int >= 0")
+        need(is_number(self.temperature) and self.temperature > 0, "temperature", "a number > 0")
+        need(is_int(self.max_new_tokens) and self.max_new_tokens >= 1, "max_new_tokens", "an int >= 1")
+        need(is_number(self.kl_coef) and self.kl_coef >= 0, "kl_coef", "a number >= 0")
+        need(is_number(self.decision_fraction) and 0 <= self.decision_fraction <= 1, "decision_fraction", "in [0, 1]")
+        need(is_int(self.decision_pool_per_instruction) and self.decision_pool_per_instruction >= 2
              and self.decision_pool_per_instruction % 2 == 0, "decision_pool_per_instruction", "an even int >= 2")
-        need(_is_int(self.seed), "seed", "an int")
 
     @property
     def completions_per_step(self) -> int:
@@ -255,7 +248,7 @@ class GRPOTrainer:
                  eval_fn: Callable[[torch.nn.Module], dict] | None = None,
                  checkpoint_fn: Callable[[torch.nn.Module, Path], None] | None = None) -> None:
         self.cfg = cfg
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.device = resolve_device(device)
         self.model = model.to(self.device)
         self.tokenizer = tokenizer
         self.eos_id, self.pad_id = special_ids(tokenizer)
@@ -398,12 +391,7 @@ class GRPOTrainer:
                           "completion_tokens_max": int(max(batch.lengths)),
                           "truncated_rate": float(np.mean(batch.truncated)),
                           "generation_s": t1 - t0, "reward_s": t2 - t1, "update_s": t3 - t2}
-                state = TrainState(step + 1, self.model, self.optimizer, record)
-                for hook in self.hooks:
-                    before = self.optimizer
-                    if hook(state) and state.optimizer is before:
-                        state.optimizer = make_optimizer(self.model, cfg)
-                    self.optimizer = state.optimizer
+                self.optimizer = run_hooks(self.hooks, TrainState(step + 1, self.model, self.optimizer, record), cfg)
                 if self.eval_fn and cfg.eval_every and ((step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps):
                     record["eval"] = self._evaluate()
                 record["step_s"] = time.time() - t0

@@ -12,10 +12,8 @@ as safetensors model directories.
 from __future__ import annotations
 
 import json
-import math
-import random
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -24,47 +22,27 @@ import torch
 from tqdm.auto import tqdm
 
 from ..model.tokenizer import special_ids
+from .device import resolve_device
+from .optim import LoopConfig, StepHook, TrainState, is_int, lr_at, make_optimizer, run_hooks, seed_everything
 from .sft_data import SFTExample
+
+__all__ = ["EncodedExample", "OptimConfig", "SFTTrainer", "StepHook", "TrainState", "answer_loss", "collate",
+           "encode_examples", "lr_at", "make_optimizer", "seed_everything"]
 
 
 @dataclass(frozen=True)
-class OptimConfig:
-    steps: int = 1500
+class OptimConfig(LoopConfig):
+    """SFT: the shared loop fields (``LoopConfig``, with its defaults) plus the batch and the
+    evaluation set's size."""
+
     batch_size: int = 16
-    lr: float = 2e-3
-    min_lr_ratio: float = 0.05
-    warmup_steps: int = 100
-    weight_decay: float = 0.01
-    betas: tuple[float, float] = (0.9, 0.98)
-    grad_clip: float = 1.0
-    seed: int = 0
-    eval_every: int = 250
     eval_examples: int = 64
-    checkpoint_every: int = 0  # 0: only the final model
     max_length: int = 768
 
-    def __post_init__(self) -> None:
-        if self.steps < 1 or self.batch_size < 1:
-            raise ValueError("OptimConfig: steps and batch_size must be >= 1")
-        if not (self.lr > 0 and 0 <= self.min_lr_ratio <= 1):
-            raise ValueError("OptimConfig: lr > 0 and 0 <= min_lr_ratio <= 1 required")
-        if self.warmup_steps < 0 or self.grad_clip <= 0 or self.eval_every < 0 or self.checkpoint_every < 0:
-            raise ValueError("OptimConfig: warmup_steps, eval_every, checkpoint_every >= 0 and grad_clip > 0")
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-def lr_at(step: int, cfg: OptimConfig) -> float:
-    """Linear warm-up to ``lr``, then cosine decay to ``lr * min_lr_ratio`` at ``steps``."""
-    if step < cfg.warmup_steps:
-        return cfg.lr * (step + 1) / cfg.warmup_steps
-    progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
-    cosine = 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
-    return cfg.lr * (cfg.min_lr_ratio + (1.0 - cfg.min_lr_ratio) * cosine)
+    def _check(self) -> None:
+        for name in ("batch_size", "max_length"):
+            self._need(is_int(getattr(self, name)) and getattr(self, name) >= 1, name, "an int >= 1")
+        self._need(is_int(self.eval_examples) and self.eval_examples >= 0, "eval_examples", "an int >= 0")
 
 
 @dataclass
@@ -115,36 +93,13 @@ def answer_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch
     return ((ce * mask).sum(1) / mask.sum(1).clamp(min=1.0)).mean()
 
 
-def make_optimizer(model: torch.nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
-    """AdamW; no weight decay on norms and biases."""
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        if p.requires_grad:
-            (no_decay if p.ndim < 2 or "norm" in name else decay).append(p)
-    return torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                              {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=cfg.betas)
-
-
-@dataclass
-class TrainState:
-    step: int
-    model: torch.nn.Module
-    optimizer: torch.optim.Optimizer
-    metrics: dict = field(default_factory=dict)
-
-
-StepHook = Callable[[TrainState], bool]
-"""Called after every optimiser step; returns True when it changed the model's structure (the
-trainer then rebuilds the optimizer unless the hook already replaced ``state.optimizer``)."""
-
-
 class SFTTrainer:
     def __init__(self, model: torch.nn.Module, tokenizer, train: Sequence[SFTExample], cfg: OptimConfig,
                  out_dir: str | Path, eval_examples: Sequence[SFTExample] = (), hooks: Sequence[StepHook] = (),
                  device: str | torch.device | None = None,
                  checkpoint_fn: Callable[[torch.nn.Module, Path], None] | None = None) -> None:
         self.cfg = cfg
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.device = resolve_device(device)
         self.model = model.to(self.device)
         self.tokenizer = tokenizer
         self.eos_id, self.pad_id = special_ids(tokenizer)
@@ -207,12 +162,7 @@ class SFTTrainer:
                           "tokens_per_s": tokens / max(time.time() - started, 1e-9), "elapsed_s": time.time() - started}
                 if cfg.eval_every and ((step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps):
                     record["eval_loss"] = self.evaluate_loss()
-                state = TrainState(step + 1, self.model, self.optimizer, record)
-                for hook in self.hooks:
-                    before = self.optimizer
-                    if hook(state) and state.optimizer is before:
-                        state.optimizer = make_optimizer(self.model, cfg)
-                    self.optimizer = state.optimizer
+                self.optimizer = run_hooks(self.hooks, TrainState(step + 1, self.model, self.optimizer, record), cfg)
                 log.write(json.dumps(record) + "\n")
                 log.flush()
                 history["first_loss"] = history["first_loss"] or record["loss"]
