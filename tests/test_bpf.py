@@ -144,7 +144,7 @@ def test_model_card_lists_every_stage_and_prune(tmp_path):
     sft = {"command": "edge-train sft --out d", "seed": 0, "preset": "qwen2-1m", "init_from": None,
            "data": {"mpc_examples": 8, "jitter": 0.03, "decision_per_instruction": 2}, "oracle_table": "o.json",
            "history": {"optim": optim, "first_loss": 6.0, "last_loss": 0.2, "eval_loss": 0.3}, "wall_time_s": 60.0,
-           "parameters": 100, "device": "cpu", "threads": 1, "torch": "2.x"}
+           "parameters": 100, "device": "cuda:0", "gpu": "NVIDIA H200", "threads": 1, "torch": "2.x"}
     report = {"phase": "rl", "step": 5, "target": 0.5, "achieved_ratio": 0.49, "params_before": 100, "params_after": 80}
     bpf = {"kind": "bpf", "command": "edge-train bpf --schedule sft-rl", "seed": 0, "init_from": "d",
            "recipe": RecipeConfig(schedule="sft-rl", ratio=0.5, sft_steps=10, rl_steps=6).__dict__,
@@ -162,4 +162,7 @@ def test_model_card_lists_every_stage_and_prune(tmp_path):
     assert "Stage 1: `edge-train sft --out d`" in text and "Stage 2: `edge-train bpf --schedule sft-rl`" in text
     assert "rl step 5: target 0.500, achieved 0.490; 100 -> 80 parameters" in text
     assert "20.0% fewer than the dense reference" in text and "1.5 min" in text
+    # each stage names the machine it ran on: the SFT stage a GPU, the BPF stage the CPU
+    assert "wall time 1.0 min on NVIDIA H200 (torch 2.x)" in text
+    assert "wall time 0.5 min on cpu (1 thread, torch 2.x)" in text
     assert text.rstrip().endswith("Pruned on a tiny budget.")

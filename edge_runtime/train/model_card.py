@@ -42,7 +42,8 @@ def _bpf_stage_lines(i: int, st: dict) -> list[str]:
         lines.append("- GRPO: " + ", ".join(f"{k} {v:.3f}" for k, v in rl.items() if isinstance(v, float)))
     size = (f" ({st['whole_model_reduction']:.1%} fewer than the dense reference's {st['reference_parameters']:,})"
             if r["schedule"] != "none" else "")
-    lines += [f"- parameters {st['parameters']:,}{size}; wall time {st['wall_time_s'] / 60:.1f} min", ""]
+    lines += [f"- parameters {st['parameters']:,}{size}; wall time {st['wall_time_s'] / 60:.1f} min "
+              f"on {_where(st)}", ""]
     return lines
 
 
@@ -66,11 +67,13 @@ def _augmentation(data: dict, lexicon_sha256: str | None = None) -> str:
 
 
 def _where(summary: dict) -> str:
-    """The machine of the last stage: the GPU's name on CUDA, the thread count on CPU."""
-    if summary["device"].startswith("cuda"):
-        return f"{summary.get('gpu') or 'a CUDA GPU'} (torch {summary['torch']})"
-    threads = summary["threads"]
-    return f"cpu ({threads} thread{'s' if threads != 1 else ''}, torch {summary['torch']})"
+    """The machine a stage ran on, from its summary: the GPU's name on CUDA, the thread count on
+    CPU (summaries written before the device was recorded count as CPU runs)."""
+    torch_version = summary.get("torch", "?")
+    if summary.get("device", "cpu").startswith("cuda"):
+        return f"{summary.get('gpu') or 'a CUDA GPU'} (torch {torch_version})"
+    threads = summary.get("threads", "?")
+    return f"cpu ({threads} thread{'s' if threads != 1 else ''}, torch {torch_version})"
 
 
 def write_model_card(model_dir: Path, eval_report: Path | None, notes: Path | None = None) -> Path:
@@ -115,7 +118,7 @@ def write_model_card(model_dir: Path, eval_report: Path | None, notes: Path | No
             f"{hist['optim']['lr']} (warm-up {hist['optim']['warmup_steps']}, cosine), grad clip "
             f"{hist['optim']['grad_clip']}; loss on answer tokens only, averaged per example",
             f"- loss {hist['first_loss']:.3f} -> {hist['last_loss']:.3f}; eval loss (other seed) {hist['eval_loss']:.3f}; "
-            f"wall time {st['wall_time_s'] / 60:.1f} min",
+            f"wall time {st['wall_time_s'] / 60:.1f} min on {_where(st)}",
             "",
         ]
     if eval_report is not None:
