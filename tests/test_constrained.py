@@ -45,13 +45,13 @@ REPO = Path(__file__).resolve().parents[1]
 DENSE_ONNX = REPO / "models" / "dense.onnx"
 
 
-def mpc_prompts(n: int, split: str = "heldout") -> list[str]:
+def mpc_prompts(n: int, split: str = "validation") -> list[str]:
     ins = instruction_set(split)
     return [build_mpc_prompt(ins[i % len(ins)].text) for i in range(n)]
 
 
 def decision_prompts(n: int) -> list[str]:
-    data = generate_decision_dataset(n_per_instruction=2, split="heldout", seed=5, track="oval")
+    data = generate_decision_dataset(n_per_instruction=2, split="validation", seed=5, track="oval")
     return [build_decision_prompt(ex.history, ex.phrasing) for ex in data[:n]]
 
 

@@ -35,7 +35,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def prompts(n: int) -> list[str]:
-    return [build_mpc_prompt(i.text) for i in instruction_set("heldout")[1::3][:n]]
+    return [build_mpc_prompt(i.text) for i in instruction_set("validation")[1::3][:n]]
 
 
 @pytest.fixture(scope="module")
@@ -53,6 +53,17 @@ def onnx_path(model_dir) -> Path:
 @pytest.fixture(scope="module")
 def generator(onnx_path) -> OnnxGenerator:
     return OnnxGenerator(onnx_path, threads=1)
+
+
+@pytest.fixture(scope="module")
+def shared_path(model_dir) -> Path:
+    return export_onnx(model_dir, model_dir.parent / "model-shared.onnx", kv_cache="shared", capacity=512)
+
+
+@pytest.fixture(scope="module", params=["concat", "shared"])
+def any_generator(request, generator, shared_path) -> OnnxGenerator:
+    """The generator of each KV-cache layout (the step API must behave the same on both)."""
+    return generator if request.param == "concat" else OnnxGenerator(shared_path, threads=1)
 
 
 @pytest.fixture(scope="module")
@@ -206,6 +217,79 @@ def test_providers(onnx_path):
         assert len(g.unavailable_providers) == 2 and "CUDAExecutionProvider unavailable" in g.unavailable_providers[0]
         assert any("unavailable" in str(w.message) for w in caught)
         assert len(g.generate("Instruction: go", 3).token_ids) >= 1
+
+
+# ---------------------------------------------------------------------------------- step API
+def test_step_api_reproduces_greedy_generation(any_generator):
+    """A greedy loop written with start() / append_tokens() gives generate()'s tokens, and the
+    logits of each step equal those of one prefill over the whole sequence."""
+    gen = any_generator
+    prompt = prompts(1)[0]
+    result = gen.generate(prompt, 12, stop_at_eos=False)
+    ids = gen.encode(prompt)
+    state = gen.start()
+    assert isinstance(state, DecodeState) and state.length == 0
+    logits = state.append_tokens(ids)
+    assert logits.shape == (len(ids), gen.spec.vocab_size) and state.length == len(ids)
+    out, steps = [int(np.argmax(logits[-1]))], [logits[-1]]
+    while len(out) < 12:
+        step = state.append_tokens([out[-1]])
+        assert step.shape == (1, gen.spec.vocab_size)
+        steps.append(step[-1])
+        out.append(int(np.argmax(step[-1])))
+    assert tuple(out) == result.token_ids
+    assert state.length == len(ids) + 11
+    full = gen.prefill_logits(ids + out[:-1])  # one run over prompt + answer: the same next-token logits
+    np.testing.assert_allclose(np.stack(steps), full[len(ids) - 1:], atol=1e-4, rtol=0)
+
+
+def test_step_api_several_tokens_at_once_and_reset(any_generator):
+    gen = any_generator
+    ids = gen.encode(prompts(2)[1])
+    one_by_one = gen.start()
+    rows = [one_by_one.append_tokens(ids[:5])[-1]] + [one_by_one.append_tokens([t])[-1] for t in ids[5:]]
+    together = gen.start()
+    np.testing.assert_allclose(together.append_tokens(ids)[4:], np.stack(rows), atol=1e-4, rtol=0)
+    before = together.append_tokens([7])[-1].copy()
+    together.reset()
+    assert together.length == 0
+    together.append_tokens(ids)
+    np.testing.assert_allclose(together.append_tokens([7])[-1], before, atol=1e-5, rtol=0)  # reuse: same sequence, same logits
+
+
+@pytest.mark.parametrize("bad", [[], [[1, 2]], [1.5], ["a"], [-1], [320]], ids=["empty", "2d", "float", "str", "negative",
+                                                                                 "beyond-vocab"])
+def test_step_api_rejects_bad_token_ids(generator, bad):
+    state = generator.start()
+    with pytest.raises(ValueError, match="append_tokens"):
+        state.append_tokens(bad)
+    assert state.length == 0
+    assert state.append_tokens([3]).shape == (1, 320)  # the state is still usable
+
+
+def test_step_api_shared_cache_has_one_owner_and_a_capacity(shared_path):
+    gen = OnnxGenerator(shared_path, threads=1)
+    old = gen.start()
+    old.append_tokens([5, 6, 7])
+    new = gen.start()  # takes the generator's cache buffers
+    assert new.kv_cache is old.kv_cache and new.capacity == 512
+    with pytest.raises(RuntimeError, match="no longer holds the shared KV cache"):
+        old.append_tokens([8])
+    new.append_tokens([5, 6, 7])
+    old.reset()  # takes them back
+    old.append_tokens([5])
+    with pytest.raises(RuntimeError, match="no longer holds"):
+        new.append_tokens([8])
+    with pytest.raises(ValueError, match="exceed the KV cache capacity 512"):
+        old.append_tokens([3] * 512)
+    assert old.length == 1
+    # concat states are independent: an older one keeps decoding
+    concat = OnnxGenerator(shared_path.with_name("model.onnx"), threads=1)
+    a = concat.start()
+    a.append_tokens([5, 6, 7])
+    b = concat.start()
+    b.append_tokens([9])
+    assert a.capacity is None and a.append_tokens([8]).shape == (1, 320) and a.length == 4
 
 
 # ---------------------------------------------------------------------------------- torch-free
