@@ -1,9 +1,9 @@
-"""Constrained vs unconstrained decoding of an exported model on the held-out prompts, in one run.
+"""Constrained vs unconstrained decoding of an exported model on the validation prompts, in one run.
 
     python bench/constrained_decode.py [--model models/dense.onnx] [--repeats 3] [--threads 1] [--json out.json]
 
-For every held-out MPC instruction and a held-out decision set (``--decision-examples`` per
-instruction, held-out track), both modes answer greedily with the evaluation's token budgets,
+For every validation MPC instruction and a validation decision set (``--decision-examples`` per
+instruction, validation track), both modes answer greedily with the evaluation's token budgets,
 back to back on each prompt (the order alternating between repeats, so that a busy machine's
 load drifts hit both alike); each prompt's time is its median over repeats. Reported per task: time
 per answer, graph runs (forward passes) per answer, tokens emitted / forced by the grammar, parse
@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from edge_runtime.decoding.generator import OnnxGenerator
-from edge_runtime.sim.tracks import HELDOUT_TRACK
+from edge_runtime.sim.tracks import VALIDATION_TRACK
 from edge_runtime.tasks.answers import parse_decision_answer, parse_mpc_answer
 from edge_runtime.tasks.decision import generate_decision_dataset
 from edge_runtime.tasks.instructions import instruction_set
@@ -43,9 +43,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = ap.parse_args(argv)
     gen = OnnxGenerator(args.model, threads=args.threads)
     prompts = {
-        "mpc": [build_mpc_prompt(i.text) for i in instruction_set("heldout")],
+        "mpc": [build_mpc_prompt(i.text) for i in instruction_set("validation")],
         "decision": [build_decision_prompt(ex.history, ex.phrasing) for ex in generate_decision_dataset(
-            n_per_instruction=args.decision_examples, split="heldout", seed=12345, track=HELDOUT_TRACK)],
+            n_per_instruction=args.decision_examples, split="validation", seed=12345, track=VALIDATION_TRACK)],
     }
     parse = {"mpc": parse_mpc_answer, "decision": parse_decision_answer}
     for task, ps in prompts.items():  # warm-up: arenas, and the grammar's mask caches

@@ -7,7 +7,7 @@ phases side by side in one run, with the real runtime pieces.
 Each phase runs the control loop (``runtime.control_loop.ControlLoop``: track simulator + OSQP
 MPC, real-time pacing at ``--rate`` Hz) for ``--duration`` seconds of wall/sim time. In the
 with-LLM phase an ``LLMWorker`` (``runtime.llm_worker``: prompt builder, ONNX Runtime generator,
-answer parser) answers a stream of held-out instructions back to back: each answer is applied to
+answer parser) answers a stream of validation instructions back to back: each answer is applied to
 the running loop with ``set_params`` (thread-safe, takes effect at the next step) and the next
 instruction is submitted at once, so the LLM decodes for the whole phase. A car that crashes is
 restarted on a fresh simulator + MPC (counted); the first ``--warmup`` steps of every segment
@@ -82,7 +82,7 @@ def run_phase(args: argparse.Namespace, phase: _Phase, generator: OnnxGenerator 
     ``replay``'s parameter sets applied at their times by a timer thread (no LLM)."""
     current: dict[str, ControlLoop | None] = {"loop": None}
     stopping = threading.Event()
-    instructions = itertools.cycle(instruction_set("heldout"))
+    instructions = itertools.cycle(instruction_set("validation"))
     worker = None
     applied = [0]
     t_phase = time.perf_counter()

@@ -1,5 +1,6 @@
 """Reproduce the BPF comparison on our own models: every method at every ratio, trained on this
-machine, scored on the held-out phrasings and the held-out track, in one report.
+machine, scored on the phrasings and the track of one evaluation split (``--split``: validation
+while developing, test for the numbers that are reported; docs/evaluation.md), in one report.
 
     python bench/reproduce_bpf.py --dense models/dense --small-dense runs/small-dense-sft \
         --ratios 0.25 0.5 --seeds 0 --sft-steps 300 --rl-steps 100 --out bench/results/bpf
@@ -20,8 +21,8 @@ Every run is an ``edge-train bpf`` command (printed and stored), every score an 
 report; finished runs and evaluations are reused, so an interrupted report resumes. Output:
 ``report.json``, ``report.md`` and ``score_vs_params.png`` in ``--out``.
 
-Trade-off metric (the paper's): removed parameters per lost percentage point of held-out control
-adaptability, relative to ``dense``; BPF-SFT/RL against ``small-dense`` at the closest size. When a
+Trade-off metric (the paper's): removed parameters per lost percentage point of control
+adaptability on the split, relative to ``dense``; BPF-SFT/RL against ``small-dense`` at the closest size. When a
 method loses nothing (or gains) the metric is unbounded and reported as such, not as a number.
 """
 
@@ -38,6 +39,8 @@ import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from edge_runtime.sim.tracks import split_track  # noqa: E402
 
 BIN = Path(sys.executable).parent
 METHODS_PER_RATIO = ("bpf-rl", "bpf-sft-rl", "sft-prune", "ptp", "ptp-rl")
@@ -94,20 +97,21 @@ def claim(out: Path) -> bool:
             time.sleep(10)  # another process trains it; its lock goes when it finishes (or fails)
 
 
-def evaluate(model: Path, out_root: Path, split: str) -> dict:
-    path = out_root / "eval" / f"{model.name}-{split}.json"
+def evaluate(model: Path, out_root: Path, split: str, track: str) -> dict:
+    path = out_root / "eval" / f"{model.name}-{split}-{track}.json"
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp")
-        cmd = [str(BIN / "edge-eval"), "--model", str(model), "--task", "both", "--split", split, "--json", str(tmp)]
+        cmd = [str(BIN / "edge-eval"), "--model", str(model), "--task", "both", "--split", split, "--track", track,
+               "--json", str(tmp)]
         run(cmd, out_root / "logs" / f"eval-{model.name}-{split}.{os.getpid()}.log")
         os.replace(tmp, path)
     return json.loads(path.read_text())
 
 
-def row(method: str, ratio: float, seed: int, model: Path, reports: dict[str, dict]) -> dict:
+def row(method: str, ratio: float, seed: int, model: Path, reports: dict[str, dict], split: str) -> dict:
     summary = json.loads((model / "train_summary.json").read_text()) if (model / "train_summary.json").exists() else {}
-    held = reports["heldout"]
+    held = reports[split]
     out = {"method": method, "ratio": ratio, "seed": seed, "model": str(model),
            "parameters": held["parameters"], "file_size": held["file_size"],
            "adaptability": held["mpc"]["adaptability"]["overall"], "by_category": held["mpc"]["adaptability"],
@@ -160,10 +164,11 @@ def aggregate(rows: list[dict], dense: dict[str, float]) -> list[dict]:
 
 def markdown(table: list[dict], verdict: list[str], meta: dict) -> str:
     lines = [f"# BPF reproduction on this machine ({meta['date']})", "",
-             f"Held-out phrasings on the held-out track `hairpin`; seeds {meta['seeds']}; SFT continuation "
+             f"{meta['split'].capitalize()} phrasings on the {meta['split']} track `{meta['track']}`; "
+             f"seeds {meta['seeds']}; SFT continuation "
              f"{meta['sft_steps']} steps, GRPO {meta['rl_steps']} steps, {meta['shares']} pruning shares. "
              "Ratio = fraction of the prunable parameters removed; the reduction column is the whole model's.", "",
-             "| method | ratio | seeds | params | whole-model reduction | held-out adaptability (sd) | decision acc | "
+             f"| method | ratio | seeds | params | whole-model reduction | {meta['split']} adaptability (sd) | decision acc | "
              "parse fail | lost pp vs dense | removed / lost pp | seen phrasings adaptability |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for e in table:
@@ -221,7 +226,7 @@ def verdicts(table: list[dict], dense: dict[str, float]) -> list[str]:
     return out
 
 
-def plot(table: list[dict], dense: dict[str, float], path: Path) -> None:
+def plot(table: list[dict], dense: dict[str, float], path: Path, split: str, track: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -235,8 +240,8 @@ def plot(table: list[dict], dense: dict[str, float], path: Path) -> None:
                     capsize=3, label=method)
     ax.axhline(dense["adaptability"], color="grey", linestyle=":", linewidth=1)
     ax.set_xlabel("parameters (whole model)")
-    ax.set_ylabel("held-out control adaptability")
-    ax.set_title("score vs size (held-out phrasings, held-out track)")
+    ax.set_ylabel(f"{split} control adaptability")
+    ax.set_title(f"score vs size ({split} phrasings, track {track})")
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -255,8 +260,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--shares", type=int, default=4)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--threads", type=int, default=1, help="torch threads per run (1 is fastest on a busy 2-core box)")
-    ap.add_argument("--splits", nargs="+", default=["heldout"], choices=["heldout", "train"],
-                    help="heldout always; train adds the seen phrasings (on the held-out track) as a supplement")
+    ap.add_argument("--split", choices=["validation", "test"], default="validation",
+                    help="the evaluation split: validation while developing, test only for the reported comparison "
+                         "(default: %(default)s)")
+    ap.add_argument("--splits", nargs="+", default=[], choices=["train"],
+                    help="supplements: train adds the seen phrasings, on the split's track (default: none)")
     ap.add_argument("--report-only", action="store_true",
                     help="train nothing: report the finished runs (missing seeds / methods are left out)")
     ap.add_argument("--extra", nargs=argparse.REMAINDER, default=[], help="more edge-train bpf flags (last)")
@@ -264,7 +272,8 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     global THREADS
     THREADS = args.threads
-    splits = ["heldout"] + [s for s in args.splits if s != "heldout"]
+    splits = [args.split] + [s for s in args.splits if s != args.split]
+    track = split_track(args.split)
     out_root = Path(args.out)
     (out_root / "logs").mkdir(parents=True, exist_ok=True)
     dense_dir = Path(args.dense)
@@ -275,7 +284,8 @@ def main(argv: list[str] | None = None) -> int:
     def scored(method: str, ratio: float, seed: int, model: Path | None) -> None:
         if model is None:  # --report-only and this run was not trained
             return
-        rows.append(row(method, ratio, seed, model, {s: evaluate(model, out_root, s) for s in splits}))
+        rows.append(row(method, ratio, seed, model, {s: evaluate(model, out_root, s, track) for s in splits},
+                        args.split))
         r = rows[-1]
         print(f"  {method:11s} ratio {ratio:.2f} seed {seed}: {r['parameters']:,} params, adaptability "
               f"{r['adaptability']:+.3f}, decision {r['decision_accuracy']:.1%}", flush=True)
@@ -308,11 +318,12 @@ def main(argv: list[str] | None = None) -> int:
     verdict = verdicts(table, dense)
     meta = {"date": time.strftime("%Y-%m-%d"), "seeds": args.seeds, "sft_steps": args.sft_steps,
             "rl_steps": args.rl_steps, "shares": args.shares, "ratios": args.ratios, "splits": splits,
+            "split": args.split, "track": track,
             "wall_time_s": time.time() - started, "command": "python bench/reproduce_bpf.py " + shlex.join(sys.argv[1:] if argv is None else argv)}
     (out_root / "report.json").write_text(json.dumps({"meta": meta, "dense": dense, "table": table, "runs": rows,
                                                       "verdict": verdict}, indent=1) + "\n")
     (out_root / "report.md").write_text(markdown(table, verdict, meta))
-    plot(table, dense, out_root / "score_vs_params.png")
+    plot(table, dense, out_root / "score_vs_params.png", args.split, track)
     print(markdown(table, verdict, meta))
     print(f"wrote {out_root}/report.json, report.md, score_vs_params.png ({(time.time() - started) / 60:.1f} min)")
     return 0

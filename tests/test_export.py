@@ -37,8 +37,8 @@ PRUNED_LAYERS = ((1, LayerSpec(2, 1, 128)), (2, LayerSpec(4, 1, 256)))
 WEIGHT_SCALE = 6.0
 
 
-def heldout_prompts(n: int) -> list[str]:
-    return [build_mpc_prompt(i.text) for i in instruction_set("heldout")[:: 3][:n]]
+def validation_prompts(n: int) -> list[str]:
+    return [build_mpc_prompt(i.text) for i in instruction_set("validation")[:: 3][:n]]
 
 
 def make_model_dir(out: Path, tokenizer_path: Path, vocab: int, nonuniform: bool, seed: int = 0) -> Path:
@@ -223,7 +223,7 @@ def test_export_errors_and_atomic_write(pruned_dir, workdir, tmp_path):
 def test_fp32_parity(which, request):
     model_dir = request.getfixturevalue(f"{which}_dir")
     path = request.getfixturevalue(f"{which}_fp32")
-    report = check_parity(model_dir, path, heldout_prompts(3), max_new_tokens=24)
+    report = check_parity(model_dir, path, validation_prompts(3), max_new_tokens=24)
     assert isinstance(report, ParityReport)
     assert report.ok, report.summary()
     assert report.n_prompts == 3 and report.identical_answers == 3
@@ -249,12 +249,12 @@ def test_llama_nonuniform_untied_parity(llama_dir, workdir):
     path = export_onnx(model_dir, workdir / "llama.onnx")
     spec = ArchSpec.load(model_dir / "arch_spec.json")
     assert spec.family == "llama" and not spec.tie_word_embeddings and not spec.is_uniform
-    report = check_parity(model_dir, path, heldout_prompts(2), max_new_tokens=16)
+    report = check_parity(model_dir, path, validation_prompts(2), max_new_tokens=16)
     assert report.ok and report.identical_answers == 2, report.summary()
 
 
 def test_fp16_parity_and_size(pruned_dir, pruned_fp16, pruned_fp32):
-    report = check_parity(pruned_dir, pruned_fp16, heldout_prompts(3), max_new_tokens=24)
+    report = check_parity(pruned_dir, pruned_fp16, validation_prompts(3), max_new_tokens=24)
     assert report.dtype == "fp16"
     assert report.ok, report.summary()
     assert report.max_abs_logit_diff <= report.logit_tolerance
@@ -264,7 +264,7 @@ def test_fp16_parity_and_size(pruned_dir, pruned_fp16, pruned_fp32):
 
 def test_parity_fails_for_other_weights(dense_fp32, workdir, tokenizer_path, vocab):
     other = make_model_dir(workdir / "other", tokenizer_path, vocab, nonuniform=False, seed=7)
-    report = check_parity(other, dense_fp32, heldout_prompts(1), max_new_tokens=8)
+    report = check_parity(other, dense_fp32, validation_prompts(1), max_new_tokens=8)
     assert not report.ok
     assert "source_sha256" in report.message
     assert report.max_abs_logit_diff > 1e-2

@@ -18,8 +18,8 @@ from edge_runtime.tasks.instructions import phrasings, training_phrasings
 from edge_runtime.tasks.oracle_table import OracleTable
 from edge_runtime.train.cli import DEFAULT_ORACLE_TABLE
 from edge_runtime.train.lexicon import (
-    Lexicon, category_bearing_words, content_words, distractor_phrasing, load_lexicon, source_words,
-    insert_words, substitute_synonyms, words_of,
+    Lexicon, category_bearing_words, check_no_unseen_words, content_words, distractor_phrasing, load_lexicon,
+    source_words, insert_words, substitute_synonyms, unseen_words, words_of,
 )
 from edge_runtime.train.sft_data import UNKNOWN_CATEGORY, SFTDataConfig, build_sft_examples
 
@@ -35,8 +35,20 @@ def test_shipped_lexicon_loads_and_covers_the_training_words(lexicon):
     assert len(lexicon.distractors) > 1000
     covered = set(lexicon.synonyms) & set(source_words())
     assert len(covered) > 0.8 * len(source_words())
-    assert "rearwards" in lexicon.synonyms["backwards"]  # WordNet: backward(s), rearward(s)
+    assert "backward" in lexicon.synonyms["backwards"]  # WordNet: backward(s), rearward(s)
+    assert "rearwards" not in lexicon.synonyms["backwards"]  # a validation-only word
     assert "WordNet 3.0" in lexicon.source
+
+
+def test_shipped_lexicon_holds_no_validation_or_test_only_word(lexicon):
+    check_no_unseen_words(lexicon.synonyms, lexicon.distractors)
+    unseen = unseen_words()
+    assert {"rearwards", "midline", "coffee"} <= unseen  # validation-only words
+    assert not {"reverse", "backwards", "the", "please"} & unseen  # training words and function words
+    with pytest.raises(ValueError, match="occur only in validation/test phrasings.*rearwards"):
+        check_no_unseen_words({"backwards": ("rearwards",)}, ("banana",))
+    with pytest.raises(ValueError, match="midline"):
+        check_no_unseen_words({}, ("banana", "midline"))
 
 
 def test_source_words_come_from_training_phrasings_only():
@@ -154,8 +166,8 @@ def test_augmented_sft_data():
     mpc = [e for e in examples if e.task == "mpc" and e.category != UNKNOWN_CATEGORY]
     exact = {p for c in Category for p in training_phrasings(c)}
     assert any(e.instruction not in exact for e in mpc)  # some were reworded
-    heldout = {p for c in Category for p in phrasings(c, "heldout")}
-    assert not heldout & {e.instruction for e in examples}
+    unseen = {p for c in Category for split in ("validation", "test") for p in phrasings(c, split)}
+    assert not unseen & {e.instruction for e in examples}
     # reproducible from the seed
     again = build_sft_examples(table, cfg)
     assert [e.prompt for e in again] == [e.prompt for e in examples]
@@ -208,7 +220,7 @@ def test_build_lexicon_tool_on_a_small_wordnet(tmp_path):
     subprocess.run([sys.executable, str(ROOT / "tools" / "build_lexicon.py"), "--wordnet", str(wordnet),
                     "--out", str(out), "--min-tagged", "1"], check=True, capture_output=True, text=True)
     lex = load_lexicon(out)
-    assert set(lex.synonyms["backwards"]) == {"backward", "rearward", "rearwards"}
+    assert set(lex.synonyms["backwards"]) == {"backward", "rearward"}  # "rearwards": validation only
     assert "middle" in lex.synonyms["centre"] and "center" in lex.synonyms["centred"]  # via verb.exc
     assert lex.distractors == ("banana", "piano")  # most tagged first
     assert "licence" in json.loads(out.read_text())["wordnet_license"]

@@ -37,7 +37,7 @@ def test_param_table_is_compact_and_complete():
     assert set(SHORT_MEANINGS) == set(PARAM_NAMES)
 
 
-@pytest.mark.parametrize("split", ["train", "heldout"])
+@pytest.mark.parametrize("split", ["train", "validation", "test"])
 def test_mpc_prompt_content(split):
     for ins in instruction_set(split):
         p = build_mpc_prompt(ins.text)
@@ -52,7 +52,8 @@ def test_mpc_prompt_content(split):
 
 def test_table_identical_in_every_prompt():
     prompts = [build_mpc_prompt(i.text, PromptContext(1.0, "oval") if k % 2 else None)
-               for k, i in enumerate(instruction_set("train") + instruction_set("heldout"))]
+               for k, i in enumerate(instruction_set("train") + instruction_set("validation")
+                                     + instruction_set("test"))]
     tables = {p[p.index("\n") + 1:p.index("\n") + 1 + len(PARAM_TABLE)] for p in prompts}
     assert tables == {PARAM_TABLE}
 
@@ -185,10 +186,10 @@ def test_history_text_other_rates():
 
 @pytest.fixture(scope="module")
 def decision_sets():
-    return {split: generate_decision_dataset(n_per_instruction=12, split=split) for split in ("train", "heldout")}
+    return {split: generate_decision_dataset(n_per_instruction=12, split=split) for split in ("train", "validation", "test")}
 
 
-@pytest.mark.parametrize("split", ["train", "heldout"])
+@pytest.mark.parametrize("split", ["train", "validation", "test"])
 def test_rules_recoverable_from_text(decision_sets, split):
     data = decision_sets[split]
     prompts = [build_decision_prompt(ex.history, ex.phrasing) for ex in data]

@@ -45,7 +45,7 @@ WEIGHT_SCALE = 3.0
 #: MLP width 200 is not a multiple of the int4 block (32), layer 1's o_proj K is 2 x 32 = 64.
 PRUNED_LAYERS = (LayerSpec(4, 2, 384), LayerSpec(2, 1, 200), LayerSpec(4, 1, 96))
 DENSE_LAYERS = (LayerSpec(4, 2, 384),) * 2
-PROMPTS = [build_mpc_prompt(i.text) for i in instruction_set("heldout")[::3][:3]]
+PROMPTS = [build_mpc_prompt(i.text) for i in instruction_set("validation")[::3][:3]]
 BUDGET = 24
 
 

@@ -18,7 +18,7 @@ onnx = pytest.importorskip("onnx")
 
 from onnx_fixtures import with_metadata
 # the dense and non-uniform pruned model directories (and their tokenizer) of the export tests
-from test_export import dense_dir, heldout_prompts, llama_dir, pruned_dir, tokenizer_path, vocab, workdir  # noqa: F401
+from test_export import dense_dir, validation_prompts, llama_dir, pruned_dir, tokenizer_path, vocab, workdir  # noqa: F401
 
 from edge_runtime.export import cli
 from edge_runtime.export.errors import ExportError
@@ -69,14 +69,14 @@ def test_graph_contract_and_metadata(pruned_shared, pruned_dir):
 def test_parity_with_pytorch(which, request, workdir):
     model_dir = request.getfixturevalue(f"{which}_dir")
     path = export_onnx(model_dir, workdir / f"{which}-parity.onnx", kv_cache="shared", capacity=CAPACITY)
-    report = check_parity(model_dir, path, heldout_prompts(3), max_new_tokens=24)
+    report = check_parity(model_dir, path, validation_prompts(3), max_new_tokens=24)
     assert report.ok and report.identical_answers == 3, report.summary()
     assert report.max_abs_logit_diff < TOLERANCES["fp32"].atol
 
 
 def test_same_tokens_and_logits_as_the_traced_graph(pruned_shared, pruned_concat):
     shared, concat = OnnxGenerator(pruned_shared, threads=1), OnnxGenerator(pruned_concat, threads=1)
-    for prompt in heldout_prompts(3):
+    for prompt in validation_prompts(3):
         ids = shared.encode(prompt)
         np.testing.assert_allclose(shared.prefill_logits(ids), concat.prefill_logits(ids), atol=2e-4, rtol=0)
         a, b = shared.generate(prompt, 30), concat.generate(prompt, 30)
@@ -90,7 +90,7 @@ def test_same_tokens_and_logits_as_the_traced_graph(pruned_shared, pruned_concat
 
 def test_cache_buffers_are_allocated_once_and_updated_in_place(pruned_shared):
     gen = OnnxGenerator(pruned_shared, threads=1)
-    prompt = heldout_prompts(1)[0]
+    prompt = validation_prompts(1)[0]
     first = gen.start().kv_cache
     pointers = [v.data_ptr() for v in first]
     res = gen.generate(prompt, 20, stop_at_eos=False)
@@ -108,7 +108,7 @@ def test_constrained_decoding_over_the_shared_cache(pruned_shared, pruned_concat
     """Forced tokens go through the graph several at a time: the in-place append must handle seq > 1."""
     shared = OnnxGenerator(pruned_shared, threads=1, constrained=True)
     concat = OnnxGenerator(pruned_concat, threads=1, constrained=True)
-    for prompt in heldout_prompts(2):
+    for prompt in validation_prompts(2):
         a, b = shared.generate(prompt, 120), concat.generate(prompt, 120)
         assert a.token_ids == b.token_ids and a.forced_tokens == b.forced_tokens > 0
 
@@ -117,8 +117,8 @@ def test_capacity_is_checked_before_running(pruned_dir, workdir):
     path = export_onnx(pruned_dir, workdir / "small-cap.onnx", kv_cache="shared", capacity=64)
     gen = OnnxGenerator(path, threads=1)
     with pytest.raises(ValueError, match="capacity 64"):
-        gen.generate(heldout_prompts(1)[0], 10)  # the prompt alone is longer than 64 tokens
-    short = gen.decode(gen.encode(heldout_prompts(1)[0])[:40])
+        gen.generate(validation_prompts(1)[0], 10)  # the prompt alone is longer than 64 tokens
+    short = gen.decode(gen.encode(validation_prompts(1)[0])[:40])
     with pytest.raises(ValueError, match="--kv-capacity"):
         gen.generate(short, 30)
     assert gen.generate(short, 20, stop_at_eos=False).emitted_tokens == 20
@@ -134,7 +134,7 @@ def test_quantized_variants_of_the_shared_graph(pruned_dir, pruned_shared, prune
         for layout, src in (("shared", pruned_shared), ("concat", pruned_concat)):
             dst = workdir / f"pruned-{layout}-{kind}.onnx"
             assert quantize_onnx(src, dst, QuantizeConfig(kind, block_size=16)).quantized
-            reports[layout] = check_parity(pruned_dir, dst, heldout_prompts(2), max_new_tokens=16)
+            reports[layout] = check_parity(pruned_dir, dst, validation_prompts(2), max_new_tokens=16)
         gen = OnnxGenerator(workdir / f"pruned-shared-{kind}.onnx", threads=1)
         assert gen.kv_layout == "shared" and gen.kv_capacity == CAPACITY
         shared, concat = reports["shared"], reports["concat"]
@@ -145,7 +145,7 @@ def test_quantized_variants_of_the_shared_graph(pruned_dir, pruned_shared, prune
 def test_llama_untied_nonuniform(llama_dir, workdir):
     model_dir = llama_dir
     path = export_onnx(model_dir, workdir / "llama-shared.onnx", kv_cache="shared", capacity=CAPACITY)
-    report = check_parity(model_dir, path, heldout_prompts(2), max_new_tokens=16)
+    report = check_parity(model_dir, path, validation_prompts(2), max_new_tokens=16)
     assert report.ok and report.identical_answers == 2, report.summary()
 
 

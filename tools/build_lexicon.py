@@ -12,6 +12,8 @@ only those files; its output is the lexicon that SFT data augmentation uses
   lemmas of the first ``--senses`` senses of each part of speech (WordNet's frequency order),
   found for inflected forms through WordNet's exception lists and suffix rules. A synonym that is
   a category-bearing word of another category is dropped (it would contradict its label).
+* neither holds a word that only validation or test phrasings use (``lexicon.unseen_words``):
+  training must not see the evaluation sets' words, or their scores stop measuring unseen language.
 * distractors: single-word lemmas tagged at least ``--min-tagged`` times in WordNet's sense-tagged
   corpus (common words), 3-12 letters, not in the synonym lexicon and not a stopword, most
   frequent first.
@@ -28,7 +30,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from edge_runtime.train.lexicon import (  # noqa: E402
-    DEFAULT_LEXICON, LEXICON_VERSION, STOPWORDS, Lexicon, category_bearing_words, source_words,
+    DEFAULT_LEXICON, LEXICON_VERSION, STOPWORDS, Lexicon, category_bearing_words, check_no_unseen_words, source_words,
+    unseen_words,
 )
 
 POS = {"noun": "n", "verb": "v", "adj": "a", "adv": "r"}
@@ -120,11 +123,12 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     wn = WordNet(args.wordnet)
     bearing = category_bearing_words()
+    unseen = unseen_words()
     synonyms: dict[str, list[str]] = {}
     for word in source_words():
         own = bearing.get(word)
         syns = [s for s in synonyms_for(wn, word, args.senses)
-                if not any(bearing.get(w) not in (None, own) for w in s.split())]
+                if not any(bearing.get(w) not in (None, own) or w in unseen for w in s.split())]
         if syns:
             synonyms[word] = syns
     known = set(source_words()) | set(synonyms) | {w for syns in synonyms.values() for s in syns for w in s.split()}
@@ -133,7 +137,8 @@ def main(argv: list[str] | None = None) -> int:
         for lemma, (_, count) in wn.index[pos].items():
             if lemma.isalpha() and lemma.isascii() and 3 <= len(lemma) <= 12:
                 tagged[lemma] = tagged.get(lemma, 0) + count
-    distractors = sorted((w for w, c in tagged.items() if c >= args.min_tagged and w not in known and w not in STOPWORDS),
+    distractors = sorted((w for w, c in tagged.items()
+                          if c >= args.min_tagged and w not in known and w not in STOPWORDS and w not in unseen),
                          key=lambda w: (-tagged[w], w))[: args.max_distractors]
     licence = (args.wordnet / "LICENSE").read_text(encoding="latin-1") if (args.wordnet / "LICENSE").exists() else ""
     lexicon = {
@@ -145,6 +150,7 @@ def main(argv: list[str] | None = None) -> int:
         "distractors": distractors,
     }
     Lexicon({k: tuple(v) for k, v in synonyms.items()}, tuple(distractors))  # validates disjointness
+    check_no_unseen_words({k: tuple(v) for k, v in synonyms.items()}, tuple(distractors))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     tmp = args.out.with_suffix(".tmp")
     tmp.write_text(json.dumps(lexicon, indent=0, sort_keys=False) + "\n")

@@ -28,7 +28,8 @@ from ..contracts.task_enums import Category
 from ..tasks.instructions import instruction_set
 from ..tasks.metrics import WORST_ADAPTABILITY, summarise_adaptability
 from ..tasks.oracle_table import OracleTable
-from ..tasks.stats import DEFAULT_BOOTSTRAP, BootstrapConfig, mean_ci, mean_of_means_ci, ratio_of_mean_of_means_ci
+from ..tasks.stats import (DEFAULT_BOOTSTRAP, BootstrapConfig, format_with_ci, mean_ci, mean_of_means_ci,
+                           ratio_of_mean_of_means_ci)
 from ..tasks.prompts import build_decision_prompt, build_mpc_prompt, history_summary
 from ..contracts.generation import TextPolicy
 
@@ -147,33 +148,29 @@ def format_report(report: dict) -> str:
     if "mpc" in report:
         m = report["mpc"]
         lines.append(f"MPC task on {m['track']} ({m['split']}, {m['instructions']} instructions): control adaptability")
-        oracle, ci, o_ci = m.get("oracle_adaptability", {}), m.get("adaptability_ci", {}), m.get("oracle_adaptability_ci", {})
+        oracle, ci = m.get("oracle_adaptability", {}), m.get("adaptability_ci", {})
+        o_ci = m.get("oracle_adaptability_ci", {})
         lines.append(f"  {'category':20s} {'model [95% CI]':>26s} {'oracle [95% CI]':>26s}")
         for key, value in m["adaptability"].items():
             o = oracle.get(key)
-            model_cell = _with_ci(value, ci.get(key), "{:+.3f}")
-            oracle_cell = "" if o is None else _with_ci(o, o_ci.get(key), "{:+.3f}")
+            model_cell = format_with_ci(value, ci.get(key), "{:+.3f}")
+            oracle_cell = "" if o is None else format_with_ci(o, o_ci.get(key), "{:+.3f}")
             lines.append(f"  {key:20s} {model_cell:>26s} {oracle_cell:>26s}")
         if m.get("fraction_of_oracle") is not None:
-            lines.append(f"  fraction of oracle: {_with_ci(m['fraction_of_oracle'], m.get('fraction_of_oracle_ci'), '{:.1%}')}")
+            fraction = format_with_ci(m["fraction_of_oracle"], m.get("fraction_of_oracle_ci"), "{:.1%}")
+            lines.append(f"  fraction of oracle: {fraction}")
         lines.append(f"  parse failures: {m['parse_failure_rate']:.1%} {m['parse_failures'] or ''}  crashes: {m['crashes']}")
     if "decision" in report:
         d = report["decision"]
         lines.append(f"Decision task on {d['track']} ({d['split']}, {d['examples']} examples): "
-                     f"accuracy {_with_ci(d['accuracy'], d.get('accuracy_ci'), '{:.1%}')}  "
+                     f"accuracy {format_with_ci(d['accuracy'], d.get('accuracy_ci'), '{:.1%}')}  "
                      f"parse failures {d['parse_failures'] or 0}")
         by_ci = d.get("accuracy_by_instruction_ci", {})
         for key, value in d.get("accuracy_by_instruction", {}).items():
-            lines.append(f"  {key:20s} {_with_ci(value, by_ci.get(key), '{:.1%}'):>26s}")
+            lines.append(f"  {key:20s} {format_with_ci(value, by_ci.get(key), '{:.1%}'):>26s}")
     ci_info = (report.get("mpc") or report.get("decision") or {}).get("ci")
     if ci_info:
         lines.append(f"[lo, hi]: {ci_info['level']:.0%} {ci_info['method']}, {ci_info['resamples']} resamples, "
                      f"seed {ci_info['seed']}")
     return "\n".join(lines)
 
-
-def _with_ci(value: float, ci: list[float] | None, fmt: str) -> str:
-    """``value [lo, hi]`` (just the value when no interval was computed, e.g. an older report)."""
-    if ci is None:
-        return fmt.format(value)
-    return f"{fmt.format(value)} [{fmt.format(ci[0])}, {fmt.format(ci[1])}]"

@@ -129,7 +129,8 @@ def _check_splits_disjoint() -> None:
             for text in texts:
                 key = " ".join(text.lower().split())
                 if owner.setdefault(key, split) != split:
-                    raise AssertionError(f"decision phrasing {text!r} is in both the {owner[key]} and the {split} split")
+                    raise AssertionError(f"decision phrasing {text!r} is in both the {owner[key]} "
+                                         f"and the {split} split")
 
 
 _check_splits_disjoint()

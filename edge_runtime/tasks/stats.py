@@ -22,7 +22,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 __all__ = ["BootstrapConfig", "DEFAULT_BOOTSTRAP", "stratified_bootstrap", "mean_ci", "mean_of_means_ci",
-           "ratio_of_mean_of_means_ci"]
+           "ratio_of_mean_of_means_ci", "format_with_ci"]
 
 
 @dataclass(frozen=True)
@@ -89,3 +89,11 @@ def ratio_of_mean_of_means_ci(groups: Sequence[Sequence[tuple[float, float]]],
         den = np.mean([x[..., 1].mean(axis=1) for x in s], axis=0)
         return np.where(den > 0, num / np.where(den > 0, den, 1.0), np.nan)
     return stratified_bootstrap([np.asarray(g, dtype=float).reshape(-1, 2) for g in groups], ratio, config)
+
+
+def format_with_ci(value: float, ci: Sequence[float] | None, fmt: str = "{:+.3f}") -> str:
+    """``value [lo, hi]`` as reports, cards and bench tables print it (just the value when a report
+    has no interval, e.g. one written before intervals existed)."""
+    if ci is None:
+        return fmt.format(value)
+    return f"{fmt.format(value)} [{fmt.format(ci[0])}, {fmt.format(ci[1])}]"

@@ -2,7 +2,7 @@
 
     edge-train sft --out models/dense --preset qwen2-4m --steps 1500 --seed 0
     edge-train bpf --init-from models/dense --out models/pruned50 --schedule sft-rl --device cuda
-    edge-train card --model models/dense --eval models/dense/eval_heldout.json
+    edge-train card --model models/dense --eval models/dense/eval_test.json
 
 ``sft`` trains a tokenizer on the task corpus (unless ``--init-from`` brings a model with its own),
 builds the preset, runs SFT on oracle answers for the training phrasings and saves a safetensors

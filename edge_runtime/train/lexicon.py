@@ -1,11 +1,13 @@
 """A word lexicon for SFT data augmentation: WordNet synonyms of the training words, and
 distractor words that carry no driving instruction.
 
-Why: a model trained from scratch knows only the words of its training phrasings. A held-out
-paraphrase with one unseen word ("rearwards") then lands on whatever answer the remaining
-words suggest -- sometimes a parameter set that stalls the car, which scores the worst case.
-Two augmentations, both derived from the training phrasings and a general lexicon and never
-from the held-out set, address this:
+Why: a model trained from scratch knows only the words of its training phrasings. An unseen
+paraphrase with one unknown word then lands on whatever answer the remaining words suggest --
+sometimes a parameter set that stalls the car, which scores the worst case. Three augmentations,
+all derived from the training phrasings and a general lexicon, address this. The lexicon never
+holds a word that only validation or test phrasings use (:func:`unseen_words`, checked by
+:func:`check_no_unseen_words`): otherwise training would see words of the evaluation sets and
+their scores would no longer measure unseen language.
 
 * **synonym substitution** -- a content word of a training phrasing is replaced, with a set
   probability, by one of its WordNet synonyms (the lemmas of its first few senses), so the model
@@ -39,10 +41,11 @@ import numpy as np
 from ..tasks.decision import DecisionInstruction
 from ..tasks.decision import phrasings as decision_phrasings
 from ..contracts.task_enums import Category
-from ..tasks.instructions import training_phrasings
+from ..tasks.instructions import phrasings, training_phrasings
 
 __all__ = ["Lexicon", "DEFAULT_LEXICON", "load_lexicon", "words_of", "content_words", "source_words",
-           "category_bearing_words", "substitute_synonyms", "distractor_phrasing", "insert_words"]
+           "category_bearing_words", "unseen_words", "check_no_unseen_words", "substitute_synonyms",
+           "distractor_phrasing", "insert_words"]
 
 DEFAULT_LEXICON = Path(__file__).resolve().parent / "data" / "lexicon.json"
 LEXICON_VERSION = 1
@@ -84,10 +87,32 @@ def content_words(text: str) -> list[str]:
 
 def source_words() -> list[str]:
     """Every content word of every training phrasing (MPC and decision): the words the lexicon
-    gives synonyms for. Held-out phrasings are not read."""
+    gives synonyms for. Validation and test phrasings are not read."""
     texts = [p for c in Category for p in training_phrasings(c)]
     texts += [p for d in DecisionInstruction for p in decision_phrasings(d, "train")]
     return sorted({w for t in texts for w in content_words(t) if w not in PROTECTED_WORDS})
+
+
+@lru_cache(maxsize=1)
+def unseen_words() -> frozenset[str]:
+    """Content words of the validation and test phrasings (MPC and decision) that no training
+    phrasing uses: the lexicon must not contain them (function words say nothing about a split)."""
+    def vocabulary(texts: list[str]) -> set[str]:
+        return {w for t in texts for w in words_of(t)}
+    unseen = [p for c in Category for s in ("validation", "test") for p in phrasings(c, s)]
+    unseen += [p for d in DecisionInstruction for s in ("validation", "test") for p in decision_phrasings(d, s)]
+    train = [p for c in Category for p in training_phrasings(c)]
+    train += [p for d in DecisionInstruction for p in decision_phrasings(d, "train")]
+    return frozenset(vocabulary(unseen) - vocabulary(train) - STOPWORDS)
+
+
+def check_no_unseen_words(synonyms: dict[str, tuple[str, ...]], distractors: tuple[str, ...]) -> None:
+    """Raise ValueError naming the validation/test-only words found in a lexicon."""
+    words = set(synonyms) | {w for syns in synonyms.values() for s in syns for w in s.split()} | set(distractors)
+    clash = sorted(words & unseen_words())
+    if clash:
+        raise ValueError(f"lexicon: {len(clash)} words occur only in validation/test phrasings ({', '.join(clash[:8])}"
+                         f"{', ...' if len(clash) > 8 else ''}); rebuild it with tools/build_lexicon.py")
 
 
 @lru_cache(maxsize=1)

@@ -10,12 +10,18 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ..tasks.stats import format_with_ci
 
-def _table(adapt: dict, oracle: dict | None) -> list[str]:
-    lines = ["| category | model | oracle |", "|---|---|---|"]
+# How each evaluation split is named in a card (a report written before the three splits says "heldout").
+_SPLIT_TITLE = {"validation": "Validation", "test": "Test", "train": "Training-phrasing", "heldout": "Held-out"}
+
+
+def _table(adapt: dict, oracle: dict | None, ci: dict | None = None, oracle_ci: dict | None = None) -> list[str]:
+    lines = ["| category | model [95 % CI] | oracle |", "|---|---|---|"]
     for key, value in adapt.items():
         o = (oracle or {}).get(key)
-        lines.append(f"| {key} | {value:+.3f} | {'' if o is None else f'{o:+.3f}'} |")
+        model = format_with_ci(value, (ci or {}).get(key))
+        lines.append(f"| {key} | {model} | {'' if o is None else format_with_ci(o, (oracle_ci or {}).get(key))} |")
     return lines
 
 
@@ -123,23 +129,34 @@ def write_model_card(model_dir: Path, eval_report: Path | None, notes: Path | No
         ]
     if eval_report is not None:
         rep = json.loads(eval_report.read_text())
-        lines += ["## Held-out scores", ""]
+        split = (rep.get("mpc") or rep.get("decision") or {}).get("split", "heldout")
+        title = _SPLIT_TITLE.get(split, split)
+        lines += [f"## {title} scores", ""]
+        if split in ("validation", "heldout"):
+            lines += ["These are validation numbers (the former held-out set): recipes were chosen after reading "
+                      "them, so they overstate what an unseen instruction scores; the test split reports that "
+                      "(docs/evaluation.md).", ""]
         if "mpc" in rep:
             m = rep["mpc"]
-            lines += [f"MPC task: {m['instructions']} held-out phrasings on the held-out track `{m['track']}` "
-                      "(control adaptability: relative RMSE improvement over the default parameters; worst case -4).", ""]
-            lines += _table(m["adaptability"], m.get("oracle_adaptability"))
+            lines += [f"MPC task: {m['instructions']} {split} phrasings on the {split} track `{m['track']}` "
+                      "(control adaptability: relative RMSE improvement over the default parameters; worst case -4; "
+                      "bootstrap 95 % intervals over instructions).", ""]
+            lines += _table(m["adaptability"], m.get("oracle_adaptability"), m.get("adaptability_ci"),
+                            m.get("oracle_adaptability_ci"))
             lines += [""]
             if m.get("fraction_of_oracle") is not None:
-                lines.append(f"- fraction of the oracle's overall adaptability: {m['fraction_of_oracle']:.1%}")
+                lines.append("- fraction of the oracle's overall adaptability: "
+                             + format_with_ci(m["fraction_of_oracle"], m.get("fraction_of_oracle_ci"), "{:.1%}"))
             lines.append(f"- above the default parameters in every category: {m['above_default_every_category']}")
             lines.append(f"- parse failures: {m['parse_failure_rate']:.1%} {m['parse_failures'] or ''}; "
                          f"crashes: {m['crashes']}")
         if "decision" in rep:
             d = rep["decision"]
-            lines.append(f"- decision accuracy: {d['accuracy']:.1%} on {d['examples']} balanced held-out examples "
-                         f"(track `{d['track']}`); parse failures {d['parse_failures'] or 0}")
-        lines += ["", f"Reproduce the scores: `edge-eval --model {model_dir} --task both --split heldout "
+            lines.append(f"- decision accuracy: {format_with_ci(d['accuracy'], d.get('accuracy_ci'), '{:.1%}')} on "
+                         f"{d['examples']} balanced {split} examples (track `{d['track']}`); "
+                         f"parse failures {d['parse_failures'] or 0}")
+        eval_split = "validation" if split == "heldout" else split
+        lines += ["", f"Reproduce the scores: `edge-eval --model {model_dir} --task both --split {eval_split} "
                       f"--json {eval_report.name}`", ""]
     if notes is not None:
         lines += ["## Notes", "", notes.read_text().strip(), ""]

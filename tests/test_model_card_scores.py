@@ -1,0 +1,56 @@
+"""The scores section of a model card: it names the split, prints every figure with its interval,
+and marks validation numbers as numbers that decisions were made on."""
+
+import json
+
+import pytest
+
+from edge_runtime.train.model_card import write_model_card
+
+
+def _model_dir(tmp_path):
+    optim = {"steps": 10, "batch_size": 4, "lr": 1e-3, "warmup_steps": 1, "grad_clip": 1.0}
+    sft = {"command": "edge-train sft --out d", "seed": 0, "preset": "qwen2-1m", "init_from": None,
+           "data": {"mpc_examples": 8, "jitter": 0.03, "decision_per_instruction": 2}, "oracle_table": "o.json",
+           "history": {"optim": optim, "first_loss": 6.0, "last_loss": 0.2, "eval_loss": 0.3}, "wall_time_s": 60.0,
+           "parameters": 100, "device": "cpu", "threads": 1, "torch": "2.x"}
+    (tmp_path / "train_summary.json").write_text(json.dumps(sft))
+    (tmp_path / "model.safetensors").write_bytes(b"\0" * 2048)
+    return tmp_path
+
+
+def _report(split, track, with_ci=True):
+    mpc = {"split": split, "track": track, "instructions": 70,
+           "adaptability": {"centreline": 0.5, "overall": 0.25}, "oracle_adaptability": {"centreline": 0.9, "overall": 0.8},
+           "fraction_of_oracle": 0.3125, "above_default_every_category": False, "parse_failure_rate": 0.0,
+           "parse_failures": {}, "crashes": 0}
+    dec = {"split": split, "track": track, "examples": 160, "accuracy": 0.9, "parse_failures": {}}
+    if with_ci:
+        mpc.update(adaptability_ci={"centreline": [0.4, 0.6], "overall": [0.1, 0.3]},
+                   oracle_adaptability_ci={"centreline": [0.85, 0.95], "overall": [0.7, 0.9]},
+                   fraction_of_oracle_ci=[0.2, 0.4])
+        dec["accuracy_ci"] = [0.85, 0.94]
+    return {"mpc": mpc, "decision": dec}
+
+
+@pytest.mark.parametrize("split, track, title", [("test", "esses", "Test"), ("validation", "hairpin", "Validation")])
+def test_card_names_the_split_and_prints_intervals(tmp_path, split, track, title):
+    model = _model_dir(tmp_path)
+    path = tmp_path / f"eval_{split}.json"
+    path.write_text(json.dumps(_report(split, track)))
+    text = write_model_card(model, path).read_text()
+    assert f"## {title} scores" in text and f"{split} phrasings on the {split} track `{track}`" in text
+    assert "| centreline | +0.500 [+0.400, +0.600] | +0.900 [+0.850, +0.950] |" in text
+    assert "fraction of the oracle's overall adaptability: 31.2% [20.0%, 40.0%]" in text
+    assert "decision accuracy: 90.0% [85.0%, 94.0%] on 160 balanced" in text
+    assert f"--split {split} --json eval_{split}.json" in text
+    assert ("chosen after reading" in text) == (split == "validation")
+
+
+def test_card_of_an_old_heldout_report_without_intervals(tmp_path):
+    model = _model_dir(tmp_path)
+    path = tmp_path / "eval_heldout.json"
+    path.write_text(json.dumps(_report("heldout", "hairpin", with_ci=False)))
+    text = write_model_card(model, path).read_text()
+    assert "## Held-out scores" in text and "| centreline | +0.500 | +0.900 |" in text
+    assert "--split validation" in text and "chosen after reading" in text
