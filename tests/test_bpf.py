@@ -103,6 +103,7 @@ class _ReachedTheLoss(Exception):
     pass
 
 
+@pytest.mark.slow
 def test_prune_hook_hands_the_cpu_calibration_batches_to_the_loss_on_the_models_device():
     """The BPF path on a GPU: calibration batches are built on the CPU, the trainer has moved the
     model to its device, the hook prunes mid-run. A model on the meta device stands in for the GPU

@@ -221,6 +221,7 @@ def test_edge_train_help_names_every_default_and_choice():
                                                                               "head_mode"))
 
 
+@pytest.mark.slow
 def test_edge_train_sft_records_the_device_it_ran_on(tmp_path):
     from edge_runtime.train.cli import main
 
