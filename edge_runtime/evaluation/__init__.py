@@ -1,1 +1,2 @@
-"""Held-out evaluation of a driving LLM: answers -> parameter sets -> closed loop -> report."""
+"""Evaluation of a driving LLM on the validation or test split: answers -> parameter sets -> closed loop ->
+report (docs/evaluation.md)."""
