@@ -31,7 +31,7 @@ per prompt. 1 cm (1 cm/s) is well below every labelling threshold of
 rules (max |v|, mean v, sign changes and peak-to-peak of d, mean wl, RMS d, RMS dr, crash) can
 be recomputed from the text; only the 3:1 subsampling changes them slightly. Measured with 320
 examples per split: the labels recomputed from the text agree with the true labels on 100% of
-the train split and 99.1% of the held-out split (15 rows every 0.2 s: 99.4%, but up to 320
+the train split and 99.1% of the validation split (15 rows every 0.2 s: 99.4%, but up to 320
 tokens instead of 250); ``tests/test_prompts.py`` checks >= 97%.
 
 :data:`~edge_runtime.contracts.answer_format.PROMPT_VERSION` names this template; it is stored in
