@@ -23,7 +23,7 @@ from ..sim.tracks import BUILTIN_TRACKS, SPLIT_TRACKS, TRAIN_TRACK, load_track, 
 from .closed_loop import EvalConfig, EvalResult, evaluate
 from ..contracts.task_enums import Category
 from .instructions import Instruction, classify_instruction
-from .oracle import METHODS, OracleConfig, search
+from .oracle import METHODS, OracleConfig, OracleUnavailable, search
 
 
 def _instruction(args: argparse.Namespace) -> Instruction:
@@ -185,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except (ParameterError, TrackFormatError, ValueError) as exc:
+    except (ParameterError, TrackFormatError, ValueError, OracleUnavailable) as exc:
         print(f"edge-task: error: {exc}", file=sys.stderr)
         return 2
 

@@ -5,11 +5,17 @@ package) searches the parameter box mapped onto [0, 1]^11, starting from the def
 a seeded random search is the simple alternative. Candidates of one generation are evaluated in
 parallel worker processes; with the same seed the result does not depend on the number of
 workers (each evaluation is deterministic and the search only sees the ordered results).
+
+``cma`` is not part of the vehicle install (the oracle runs offline, to build training targets
+and oracle tables): it comes with the ``oracle`` extra (also in ``train`` and ``dev``). It is
+imported only when a CMA-ES search runs; without it, an ``OracleConfig(method="cma")`` fails at
+once with :class:`OracleUnavailable`, one line that says how to install it.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import math
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -21,6 +27,17 @@ from .closed_loop import EvalConfig, EvalResult, evaluate, objective
 from .instructions import Instruction
 
 METHODS = ("cma", "random")
+CMA_INSTALL_HINT = 'pip install -e ".[oracle]"'
+
+
+class OracleUnavailable(RuntimeError):
+    """The search method needs a package that this install lacks (the ``oracle`` extra)."""
+
+
+def _require_cma() -> None:
+    if importlib.util.find_spec("cma") is None:
+        raise OracleUnavailable(f"the CMA-ES oracle needs the cma package, which the vehicle install leaves out: "
+                                f"{CMA_INSTALL_HINT} (or use method 'random')")
 
 
 @dataclass(frozen=True)
@@ -42,6 +59,8 @@ class OracleConfig:
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise ValueError(f"OracleConfig.method must be one of {METHODS}, got {self.method!r}")
+        if self.method == "cma":
+            _require_cma()
         if self.budget < 2 or self.popsize < 2:
             raise ValueError("OracleConfig: budget and popsize must be >= 2")
         if not 0 < self.sigma0 <= 1:
