@@ -299,8 +299,10 @@ def _set_value(text: str, name: str, value: str) -> str:
     head, sep, tail = text.partition(f'"{name}": ')
     if not sep:
         return text
-    end = min(i for i in (tail.find(","), tail.find("}")) if i >= 0)
-    return head + sep + value + tail[end:]
+    ends = [i for i in (tail.find(","), tail.find("}")) if i >= 0]
+    if not ends:  # a truncated answer: the value runs to the end of the text
+        return head + sep + value
+    return head + sep + value + tail[min(ends):]
 
 
 @given(unit_vectors, st.data())
