@@ -81,7 +81,7 @@ def fast_closed_loop(monkeypatch):
     monkeypatch.setattr(report_module, "evaluate", fake_evaluate)
 
 
-@pytest.mark.parametrize("split, track, oracle", [("validation", "hairpin", True), ("test", "esses", None)])
+@pytest.mark.parametrize("split, track, oracle", [("validation", "hairpin", True), ("test", "esses", True)])
 def test_split_picks_its_track_and_oracle_and_every_figure_has_an_interval(split, track, oracle, fast_closed_loop):
     from edge_runtime.evaluation.report import EvalSettings, evaluate_mpc, format_report
     from edge_runtime.tasks.oracle_table import OracleTable, default_table_path

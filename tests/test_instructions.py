@@ -45,6 +45,14 @@ def test_validation_kept_the_old_heldout_phrasings_and_speeds():
     assert all(table.score_for(i) is not None for i in val)
 
 
+def test_test_oracle_table_covers_the_test_instructions_on_the_test_track():
+    from edge_runtime.tasks.oracle_table import OracleTable, default_table_path
+
+    table = OracleTable.load(default_table_path("test", "esses"))
+    assert table.eval_config.track == "esses"
+    assert all(table.score_for(i) is not None for i in instruction_set("test"))
+
+
 def test_test_phrasings_vary_in_register():
     """Terse commands, polite requests, indirect wishes and typos in every category."""
     vocabulary = {w for c in Category for p in training_phrasings(c) for w in WORD.findall(p.lower())}
