@@ -19,6 +19,7 @@ from edge_runtime.export import cli
 from edge_runtime.export.onnx_export import META_KEYS, export_onnx
 from edge_runtime.export.parity import TOLERANCES, check_parity, parity_variant
 from edge_runtime.export.quantize import (
+    DEFAULT_INT8_METHOD,
     QUANTIZATION_KEY,
     QUANTIZATIONS,
     QuantizeConfig,
@@ -86,7 +87,8 @@ def fp32_files(models, workdir) -> dict[str, Path]:
 
 @pytest.fixture(scope="module")
 def variants(models, fp32_files, workdir) -> dict[tuple[str, str], Path]:
-    """(model, variant) -> file, for every model and fp32 / fp16 / int8 / int4."""
+    """(model, variant) -> file, for every model and fp32 / fp16 / int8 / int8-dynamic / int4 ("int8"
+    is the default int8 method, weight-only)."""
     out = {}
     for name, d in models.items():
         out[name, "fp32"] = fp32_files[name]
@@ -95,6 +97,8 @@ def variants(models, fp32_files, workdir) -> dict[tuple[str, str], Path]:
             path = workdir / f"{name}-{kind}.onnx"
             quantize_onnx(fp32_files[name], path, kind)
             out[name, kind] = path
+        out[name, "int8-dynamic"] = workdir / f"{name}-int8-dynamic.onnx"
+        quantize_onnx(fp32_files[name], out[name, "int8-dynamic"], QuantizeConfig("int8", int8_method="dynamic"))
     return out
 
 
@@ -104,11 +108,12 @@ def _metadata(path: Path) -> dict[str, str]:
 
 # ---------------------------------------------------------------------------------- parity
 @pytest.mark.parametrize("model", ["dense", "pruned"])
-@pytest.mark.parametrize("variant", ["fp32", "fp16", "int8", "int4"])
+@pytest.mark.parametrize("variant", ["fp32", "fp16", "int8", "int8-dynamic", "int4"])
 def test_parity_per_variant(models, variants, model, variant):
     report = check_parity(models[model], variants[model, variant], PROMPTS, BUDGET)
-    tol = TOLERANCES[variant]
-    assert report.variant == variant
+    kind = variant.split("-")[0]  # both int8 methods share the int8 tolerance row
+    tol = TOLERANCES[kind]
+    assert report.variant == kind
     assert all(d["logits_ok"] for d in report.details), report.summary()
     assert report.max_abs_logit_diff <= report.logit_tolerance
     assert 0.0 < report.token_agreement <= 1.0
@@ -118,7 +123,7 @@ def test_parity_per_variant(models, variants, model, variant):
         assert report.max_abs_logit_diff < 1e-3
     elif variant == "fp16":
         assert report.ok and report.identical_answers + report.near_ties == len(PROMPTS), report.summary()
-    elif variant == "int8":
+    elif kind == "int8":
         assert report.ok, report.summary()
         assert report.max_abs_logit_diff > 1e-3  # really quantized: not the fp32 graph
     else:  # int4: the agreement floor is calibrated on the trained model; random models vary (docstring)
@@ -141,28 +146,42 @@ def test_tolerance_table_covers_every_variant():
 
 
 # ------------------------------------------------------------------------ metadata / runtime
-@pytest.mark.parametrize("kind", QUANTIZATIONS)
-def test_quantized_file_is_self_describing_and_runs(variants, kind):
+@pytest.mark.parametrize("variant, method, op", [("int8", "matmul_nbits", "MatMulNBits"),
+                                                  ("int8-dynamic", "dynamic", "MatMulInteger"),
+                                                  ("int4", "matmul_nbits", "MatMulNBits")])
+def test_quantized_file_is_self_describing_and_runs(variants, variant, method, op):
+    kind = variant.split("-")[0]
     for model in ("dense", "pruned"):
-        fp32, quant = variants[model, "fp32"], variants[model, kind]
+        fp32, quant = variants[model, "fp32"], variants[model, variant]
         meta32, meta = _metadata(fp32), _metadata(quant)
         for key in META_KEYS:
             assert meta[key] == meta32[key], key
         record = json.loads(meta[QUANTIZATION_KEY])
-        assert record["kind"] == kind and record["quantized_matmuls"] == len(weight_matmuls(onnx.load(str(fp32))))
+        assert record["kind"] == kind and record["method"] == method and record["bits"] == (8 if kind == "int8" else 4)
+        assert record["quantized_matmuls"] == len(weight_matmuls(onnx.load(str(fp32))))
         assert record["onnxruntime"] == ort.__version__
         assert quantization_of(meta) == record and quantization_of(meta32) is None
         assert parity_variant(meta) == kind and parity_variant(meta32) == "fp32"
         ops = {n.op_type for n in onnx.load(str(quant)).graph.node}
-        assert ("MatMulInteger" in ops) if kind == "int8" else ("MatMulNBits" in ops)
+        assert op in ops and not ({"MatMulInteger", "MatMulNBits"} - {op}) & ops
         gen = OnnxGenerator(quant, threads=1)
         assert gen.dtype == "fp32" and gen.spec.is_uniform == (model == "dense")
         result = gen.generate(PROMPTS[0], 6)
         assert 1 <= result.emitted_tokens <= 6
     # weights: 4 bytes -> ~1 (int8) / ~0.5 (int4) plus scales; the float embedding stays
-    sizes = {v: variants["dense", v].stat().st_size for v in ("fp32", "fp16", "int8", "int4")}
+    sizes = {v: variants["dense", v].stat().st_size for v in ("fp32", "fp16", "int8", "int8-dynamic", "int4")}
     assert sizes["int4"] < sizes["int8"] < sizes["fp16"] < sizes["fp32"]
-    assert sizes["int8"] < 0.5 * sizes["fp32"]
+    assert sizes["int4"] < sizes["int8-dynamic"] < sizes["fp16"]
+    assert max(sizes["int8"], sizes["int8-dynamic"]) < 0.5 * sizes["fp32"]
+
+
+def test_int8_default_method_is_weight_only_in_library_and_cli():
+    """One source of truth: QuantizeConfig's default int8 method is edge-export's default, and it is
+    weight-only, the method that passes parity on every shipped model (bench/results/quantization.md)."""
+    args = cli.build_parser().parse_args(["models/dense", "-o", "x.onnx", "--quantize", "int8"])
+    assert QuantizeConfig("int8").int8_method == args.int8_method == DEFAULT_INT8_METHOD == "weight-only"
+    assert QuantizeConfig("int8").method == "matmul_nbits"
+    assert QuantizeConfig("int8", int8_method="dynamic").method == "dynamic"
 
 
 def test_int4_pads_a_k_that_is_not_a_block_multiple(fp32_files, workdir):

@@ -6,7 +6,7 @@ layout training never saw (``SPLIT_TRACKS`` is the single mapping; see docs/eval
 
 ``oval`` (train): a simple stadium with two long straights.
 ``hairpin`` (validation): two 180-degree hairpins of ~1.5 m radius, a chicane, a long sweeper and
-four straights (~75 m), one constant width. Iterate on it freely.
+four straights (~70 m), one constant width. Iterate on it freely.
 ``esses`` (test): a long fast sweeper, an S-bend, a tight 90-degree corner and a medium one
 (~55 m), with the width changing along the lap (a narrow S-bend, a wide front straight). Report
 only: nothing is designed after reading its results.

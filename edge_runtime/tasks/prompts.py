@@ -8,9 +8,8 @@
   instruction and answers True or False after :data:`DECISION_CUE`.
 
 Both prompts are kept short on purpose (a tiny model is trained on them on a CPU, and every
-prompt token costs prefill time on the vehicle): the MPC prompt is 640-720 characters (250-300
-tokens with the task tokenizer, vocab 1024), the decision prompt 360-470 characters (175-250
-tokens).
+prompt token costs prefill time on the vehicle). Their lengths per split, in characters and in
+tokens of the shipped tokenizer, are in ``bench/results/label_recovery.md``.
 
 **Compact history text.** The recorded window (3 s at 10 Hz in the task) is shown every
 :data:`HISTORY_STEP_S` seconds (10 rows, the newest sample always included) with four columns,
@@ -25,14 +24,14 @@ followed by a summary line of window statistics (:func:`history_summary`: mean /
 speed, mean / RMS / range / sign changes of d, mean wall gap, RMS offset from the racing line)
 and ``Crashed: yes|no`` (any sample crashed). Integers in cm rather than metres with
 decimals: the tokenizer splits every digit, so each character of a number is one token, and
-"-0.12" (5 tokens) becomes "-12" (3 tokens) at the same 1 cm resolution -- about 80 tokens less
-per prompt. 1 cm (1 cm/s) is well below every labelling threshold of
-:class:`~edge_runtime.tasks.decision.LabelThresholds` (0.1 m/s, 0.1/0.15/0.4/0.5 m), so the
+"-0.12" (5 tokens) becomes "-12" (3 tokens) at the same 1 cm resolution. 1 cm (1 cm/s) is well
+below every labelling threshold of :class:`~edge_runtime.tasks.decision.LabelThresholds`
+(0.1 m/s, 0.1/0.15/0.4/0.5 m), so the
 rules (max |v|, mean v, sign changes and peak-to-peak of d, mean wl, RMS d, RMS dr, crash) can
-be recomputed from the text; only the 3:1 subsampling changes them slightly. Measured with 320
-examples per split: the labels recomputed from the text agree with the true labels on 100% of
-the train split and 99.1% of the validation split (15 rows every 0.2 s: 99.4%, but up to 320
-tokens instead of 250); ``tests/test_prompts.py`` checks >= 97%.
+be recomputed from the text; only the 3:1 subsampling changes them slightly. How often the
+labels recomputed from the text agree with the true ones, per split and for a denser table, is
+measured by ``bench/label_recovery.py`` (``bench/results/label_recovery.md``); the floor is
+enforced by ``tests/test_prompts.py``.
 
 :data:`~edge_runtime.contracts.answer_format.PROMPT_VERSION` names this template; it is stored in
 exported models, so change it whenever the text of either prompt changes.
