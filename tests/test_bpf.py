@@ -159,7 +159,7 @@ def test_model_card_lists_every_stage_and_prune(tmp_path):
     (tmp_path / "model.safetensors").write_bytes(b"\0" * 2048)
     notes = tmp_path / "notes.md"
     notes.write_text("Pruned on a tiny budget.")
-    text = write_model_card(tmp_path, None, notes).read_text()
+    text = write_model_card(tmp_path, notes=notes).read_text()
     assert "Stage 1: `edge-train sft --out d`" in text and "Stage 2: `edge-train bpf --schedule sft-rl`" in text
     assert "rl step 5: target 0.500, achieved 0.490; 100 -> 80 parameters" in text
     assert "20.0% fewer than the dense reference" in text and "1.5 min" in text

@@ -38,7 +38,7 @@ def test_card_names_the_split_and_prints_intervals(tmp_path, split, track, title
     model = _model_dir(tmp_path)
     path = tmp_path / f"eval_{split}.json"
     path.write_text(json.dumps(_report(split, track)))
-    text = write_model_card(model, path).read_text()
+    text = write_model_card(model, [path]).read_text()
     assert f"## {title} scores" in text and f"{split} phrasings on the {split} track `{track}`" in text
     assert "| centreline | +0.500 [+0.400, +0.600] | +0.900 [+0.850, +0.950] |" in text
     assert "fraction of the oracle's overall adaptability: 31.2% [20.0%, 40.0%]" in text
@@ -51,6 +51,29 @@ def test_card_of_an_old_heldout_report_without_intervals(tmp_path):
     model = _model_dir(tmp_path)
     path = tmp_path / "eval_heldout.json"
     path.write_text(json.dumps(_report("heldout", "hairpin", with_ci=False)))
-    text = write_model_card(model, path).read_text()
+    text = write_model_card(model, [path]).read_text()
     assert "## Held-out scores" in text and "| centreline | +0.500 | +0.900 |" in text
     assert "--split validation" in text and "chosen after reading" in text
+
+
+def test_card_with_test_and_validation_reports_shows_test_first(tmp_path):
+    model = _model_dir(tmp_path)
+    val, test = tmp_path / "eval_validation.json", tmp_path / "eval_test.json"
+    val.write_text(json.dumps(_report("validation", "hairpin")))
+    test.write_text(json.dumps(_report("test", "esses")))
+    text = write_model_card(model, [val, test]).read_text()
+    assert 0 < text.index("## Test scores") < text.index("## Validation scores")
+    assert "--split test --json eval_test.json" in text and "--split validation --json eval_validation.json" in text
+
+
+def test_card_cli_refuses_an_unreadable_report_in_one_line(tmp_path, capsys):
+    from edge_runtime.train.cli import main
+
+    model = _model_dir(tmp_path)
+    bad = tmp_path / "eval_test.json"
+    bad.write_text("{not json")
+    before = sorted(p.name for p in model.iterdir())
+    assert main(["card", "--model", str(model), "--eval", str(bad)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "--eval" in err and "eval_test.json" in err
+    assert sorted(p.name for p in model.iterdir()) == before  # no card written from a bad report

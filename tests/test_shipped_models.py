@@ -10,6 +10,7 @@ import onnx
 import pytest
 
 from edge_runtime.contracts.arch_spec import ArchSpec
+from edge_runtime.sim.tracks import SPLIT_TRACKS
 
 MODELS = Path(__file__).resolve().parent.parent / "models"
 SHIPPED = ("dense", "pruned25", "pruned50", "small-dense")
@@ -23,13 +24,17 @@ def test_shipped_model_is_complete_and_consistent(name):
     model, spec = load_model(model_dir)  # strict shapes + sha256 of the weights
     n_params = sum(p.numel() for p in model.parameters())
     assert n_params == spec.num_parameters()
-    # the test report once the models are re-evaluated; until then the one of the former held-out split
-    report_path = next(p for p in (model_dir / f"eval_{s}.json" for s in ("test", "validation", "heldout"))
-                       if p.exists())
-    report = json.loads(report_path.read_text())
-    assert report["parameters"] == n_params, f"{report_path.name} is the report of another model"
+    for split in ("test", "validation"):
+        track = SPLIT_TRACKS[split]
+        report = json.loads((model_dir / f"eval_{split}.json").read_text())
+        assert report["parameters"] == n_params, f"eval_{split}.json is the report of another model"
+        for task in ("mpc", "decision"):
+            assert (report[task]["split"], report[task]["track"]) == (split, track)
+        assert "overall" in report["mpc"]["adaptability_ci"] and "accuracy_ci" in report["decision"]
+    assert not (model_dir / "eval_heldout.json").exists(), "the former held-out report is now eval_validation.json"
     card = (model_dir / "README.md").read_text()
-    assert any(f"## {t} scores" in card for t in ("Test", "Validation", "Held-out")) and f"{n_params:,}" in card
+    # the card reports test first; validation numbers follow, labelled as such
+    assert 0 < card.index("## Test scores") < card.index("## Validation scores") and f"{n_params:,}" in card
     meta = json.loads((model_dir / "edge_runtime_meta.json").read_text())
     props = {p.key: p.value for p in onnx.load(str(MODELS / f"{name}.onnx"), load_external_data=False).metadata_props}
     assert props["edge_runtime.source_sha256"] == meta["model_sha256"], f"{name}.onnx is not the export of {name}/"

@@ -201,8 +201,15 @@ def cmd_bpf(args: argparse.Namespace) -> int:
 def cmd_card(args: argparse.Namespace) -> int:
     from .model_card import write_model_card
 
-    path = write_model_card(Path(args.model), Path(args.eval) if args.eval else None,
-                            Path(args.notes) if args.notes else None)
+    reports = [Path(e) for e in args.eval or ()]
+    for report in reports:
+        try:
+            json.loads(report.read_text())
+        except (OSError, ValueError) as exc:
+            print(f"edge-train card: error: --eval {report}: not a readable edge-eval --json report ({exc})",
+                  file=sys.stderr)
+            return 2
+    path = write_model_card(Path(args.model), reports, Path(args.notes) if args.notes else None)
     print(f"model card written to {path}")
     return 0
 
@@ -318,9 +325,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser("card", help="write the model card from training and evaluation results",
                        description="Write README.md of a model directory from its train_summary.json "
-                                   "and an edge-eval --json report.")
+                                   "and edge-eval --json reports.")
     c.add_argument("--model", required=True, help="model directory (holds train_summary.json)")
-    c.add_argument("--eval", help="edge-eval --json report (default: none, a card without evaluation)")
+    c.add_argument("--eval", action="append", metavar="REPORT",
+                   help="edge-eval --json report; repeat it for several splits, the card shows test first "
+                        "(default: none, a card without evaluation)")
     c.add_argument("--notes", help="a Markdown file appended as the card's Notes section: limitations, provenance "
                                    "(default: none)")
     c.set_defaults(func=cmd_card)

@@ -8,11 +8,13 @@ was not measured.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
 from ..tasks.stats import format_with_ci
 
 # How each evaluation split is named in a card (a report written before the three splits says "heldout").
+_SPLIT_ORDER = {"test": 0, "validation": 1, "heldout": 2, "train": 3}
 _SPLIT_TITLE = {"validation": "Validation", "test": "Test", "train": "Training-phrasing", "heldout": "Held-out"}
 
 
@@ -82,8 +84,52 @@ def _where(summary: dict) -> str:
     return f"cpu ({threads} thread{'s' if threads != 1 else ''}, torch {torch_version})"
 
 
-def write_model_card(model_dir: Path, eval_report: Path | None, notes: Path | None = None) -> Path:
-    """README.md of ``model_dir`` from its training files and ``eval_report``; ``notes`` (Markdown,
+def _report_split(rep: dict) -> str:
+    return (rep.get("mpc") or rep.get("decision") or {}).get("split", "heldout")
+
+
+def _score_lines(model_dir: Path, report_path: Path) -> list[str]:
+    """The card section of one ``edge-eval --json`` report: its split, the tables and intervals."""
+    rep = json.loads(report_path.read_text())
+    lines: list[str] = []
+    split = _report_split(rep)
+    title = _SPLIT_TITLE.get(split, split)
+    lines += [f"## {title} scores", ""]
+    if split in ("validation", "heldout"):
+        lines += ["These are validation numbers (the former held-out set): recipes were chosen after reading "
+                  "them, so they overstate what an unseen instruction scores; the test split reports that "
+                  "(docs/evaluation.md).", ""]
+    if "mpc" in rep:
+        m = rep["mpc"]
+        ci = m.get("ci") or {}
+        how = (f"{ci['method']}, {ci['resamples']:,} resamples, seed {ci['seed']}" if ci
+               else "bootstrap over instructions")
+        lines += [f"MPC task: {m['instructions']} {split} phrasings on the {split} track `{m['track']}` "
+                  "(control adaptability: relative RMSE improvement over the default parameters; worst case -4; "
+                  f"95 % intervals: {how}).", ""]
+        lines += _table(m["adaptability"], m.get("oracle_adaptability"), m.get("adaptability_ci"),
+                        m.get("oracle_adaptability_ci"))
+        lines += [""]
+        if m.get("fraction_of_oracle") is not None:
+            lines.append("- fraction of the oracle's overall adaptability: "
+                         + format_with_ci(m["fraction_of_oracle"], m.get("fraction_of_oracle_ci"), "{:.1%}"))
+        lines.append(f"- above the default parameters in every category: {m['above_default_every_category']}")
+        lines.append(f"- parse failures: {m['parse_failure_rate']:.1%} {m['parse_failures'] or ''}; "
+                     f"crashes: {m['crashes']}")
+    if "decision" in rep:
+        d = rep["decision"]
+        lines.append(f"- decision accuracy: {format_with_ci(d['accuracy'], d.get('accuracy_ci'), '{:.1%}')} on "
+                     f"{d['examples']} balanced {split} examples (track `{d['track']}`); "
+                     f"parse failures {d['parse_failures'] or 0}")
+    eval_split = "validation" if split == "heldout" else split
+    lines += ["", f"Reproduce the scores: `edge-eval --model {model_dir} --task both --split {eval_split} "
+                  f"--json {report_path.name}`", ""]
+    return lines
+
+
+def write_model_card(model_dir: Path, eval_reports: Sequence[Path] = (), notes: Path | None = None) -> Path:
+    """README.md of ``model_dir`` from its training files and ``edge-eval --json`` reports (one section
+    per split, test first); ``notes`` (Markdown,
     written by a person: limitations, provenance) is appended as its own section."""
     summary = json.loads((model_dir / "train_summary.json").read_text())
     size = (model_dir / "model.safetensors").stat().st_size
@@ -127,37 +173,9 @@ def write_model_card(model_dir: Path, eval_report: Path | None, notes: Path | No
             f"wall time {st['wall_time_s'] / 60:.1f} min on {_where(st)}",
             "",
         ]
-    if eval_report is not None:
-        rep = json.loads(eval_report.read_text())
-        split = (rep.get("mpc") or rep.get("decision") or {}).get("split", "heldout")
-        title = _SPLIT_TITLE.get(split, split)
-        lines += [f"## {title} scores", ""]
-        if split in ("validation", "heldout"):
-            lines += ["These are validation numbers (the former held-out set): recipes were chosen after reading "
-                      "them, so they overstate what an unseen instruction scores; the test split reports that "
-                      "(docs/evaluation.md).", ""]
-        if "mpc" in rep:
-            m = rep["mpc"]
-            lines += [f"MPC task: {m['instructions']} {split} phrasings on the {split} track `{m['track']}` "
-                      "(control adaptability: relative RMSE improvement over the default parameters; worst case -4; "
-                      "bootstrap 95 % intervals over instructions).", ""]
-            lines += _table(m["adaptability"], m.get("oracle_adaptability"), m.get("adaptability_ci"),
-                            m.get("oracle_adaptability_ci"))
-            lines += [""]
-            if m.get("fraction_of_oracle") is not None:
-                lines.append("- fraction of the oracle's overall adaptability: "
-                             + format_with_ci(m["fraction_of_oracle"], m.get("fraction_of_oracle_ci"), "{:.1%}"))
-            lines.append(f"- above the default parameters in every category: {m['above_default_every_category']}")
-            lines.append(f"- parse failures: {m['parse_failure_rate']:.1%} {m['parse_failures'] or ''}; "
-                         f"crashes: {m['crashes']}")
-        if "decision" in rep:
-            d = rep["decision"]
-            lines.append(f"- decision accuracy: {format_with_ci(d['accuracy'], d.get('accuracy_ci'), '{:.1%}')} on "
-                         f"{d['examples']} balanced {split} examples (track `{d['track']}`); "
-                         f"parse failures {d['parse_failures'] or 0}")
-        eval_split = "validation" if split == "heldout" else split
-        lines += ["", f"Reproduce the scores: `edge-eval --model {model_dir} --task both --split {eval_split} "
-                      f"--json {eval_report.name}`", ""]
+    # the test split first: it is the one a card reports; validation follows, labelled as such
+    for report_path in sorted(eval_reports, key=lambda p: _SPLIT_ORDER.get(_report_split(json.loads(p.read_text())), 9)):
+        lines += _score_lines(model_dir, report_path)
     if notes is not None:
         lines += ["## Notes", "", notes.read_text().strip(), ""]
     path = model_dir / "README.md"
