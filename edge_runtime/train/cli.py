@@ -214,6 +214,17 @@ def cmd_card(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sft_data_flags(p: argparse.ArgumentParser) -> None:
+    """The SFT data flags that ``sft`` and the SFT phase of ``bpf`` share (same meaning, same defaults)."""
+    d = " (default: %(default)s)"
+    p.add_argument("--mpc-examples", type=int, default=3000, help="MPC-task SFT examples" + d)
+    p.add_argument("--decision-per-instruction", type=int, default=200,
+                   help="decision-task SFT examples per decision instruction (8 instructions)" + d)
+    p.add_argument("--jitter", type=float, default=0.03,
+                   help="Gaussian noise on the oracle parameters of each MPC example, sigma as a fraction of "
+                        "each parameter's range" + d)
+
+
 def _common_flags(p: argparse.ArgumentParser) -> None:
     """The flags every training command takes."""
     from .device import DEVICE_CHOICES
@@ -255,12 +266,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (AdamW, cosine decay)" + d)
     p.add_argument("--warmup", type=int, default=100, help="linear warm-up steps" + d)
     p.add_argument("--vocab-size", type=int, default=1024, help="tokenizer vocabulary (new models only)" + d)
-    p.add_argument("--mpc-examples", type=int, default=3000, help="MPC-task training examples" + d)
-    p.add_argument("--decision-per-instruction", type=int, default=200,
-                   help="decision-task examples per decision instruction (8 instructions)" + d)
-    p.add_argument("--jitter", type=float, default=0.03,
-                   help="Gaussian noise on the oracle parameters of each MPC example, sigma as a fraction of "
-                        "each parameter's range" + d)
+    _sft_data_flags(p)
     p.add_argument("--synonym-rate", type=float, default=0.0,
                    help="replace each content word of a phrasing by a WordNet synonym with this probability" + d)
     p.add_argument("--distractor-fraction", type=float, default=0.0,
@@ -306,12 +312,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--batch-size", type=int, default=16, help="SFT examples per step" + d)
     b.add_argument("--sft-lr", type=float, default=1e-3, help="peak learning rate of the SFT phase" + d)
     b.add_argument("--sft-warmup", type=int, default=20, help="warm-up steps of the SFT phase" + d)
-    b.add_argument("--mpc-examples", type=int, default=3000, help="MPC-task examples of the SFT phase" + d)
-    b.add_argument("--decision-per-instruction", type=int, default=200,
-                   help="decision-task examples per decision instruction in the SFT phase" + d)
-    b.add_argument("--jitter", type=float, default=0.03,
-                   help="Gaussian noise on the oracle parameters of each MPC example, sigma as a fraction of "
-                        "each parameter's range" + d)
+    _sft_data_flags(b)
     b.add_argument("--prompts-per-step", type=int, default=4, help="GRPO prompts per step" + d)
     b.add_argument("--group-size", type=int, default=6, help="GRPO completions per prompt" + d)
     b.add_argument("--rl-lr", type=float, default=1e-4, help="peak learning rate of the GRPO phase" + d)
