@@ -13,11 +13,12 @@ caller can report them. Unknown names are always an error, as are v_min > v_max 
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Mapping
+
+from ..contracts.user_input import UserInputError, load_json_file, name_list, quote
 
 
 class ParameterError(ValueError):
@@ -71,11 +72,13 @@ class MPCParams:
         for f in fields(self):
             value = getattr(self, f.name)
             if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise ParameterError(f"parameter {f.name}: expected a number, got {value!r}")
-            if not math.isfinite(value):
+                raise ParameterError(f"parameter {f.name}: expected a number, got {quote(value)}")
+            if isinstance(value, float) and not math.isfinite(value):
                 raise ParameterError(f"parameter {f.name}: must be finite, got {value!r}")
             spec = SPEC_BY_NAME[f.name]
-            if not spec.low <= value <= spec.high:
+            if not spec.low <= value <= spec.high:  # exact for ints of any size (no float overflow)
+                if not isinstance(value, float):  # a huge int prints as +-inf
+                    value = float(value) if abs(value) < 1e300 else math.copysign(math.inf, value)
                 raise ParameterError(
                     f"parameter {f.name}={value:g} is outside its range [{spec.low:g}, {spec.high:g}]")
             object.__setattr__(self, f.name, float(value))
@@ -92,16 +95,17 @@ class MPCParams:
         """
         if not isinstance(values, Mapping):
             raise ParameterError(f"parameter set must be a JSON object of name: number, got {type(values).__name__}")
-        unknown = sorted(set(values) - set(PARAM_NAMES))
+        unknown = [k for k in values if k not in SPEC_BY_NAME]
         if unknown:
-            raise ParameterError(f"unknown parameter name(s) {', '.join(map(repr, unknown))}; "
+            raise ParameterError(f"unknown parameter name(s) {name_list(unknown)}; "
                                  f"valid names: {', '.join(PARAM_NAMES)}")
         merged = asdict(base or cls())
         clamped: list[str] = []
         for name, value in values.items():
-            if clamp and isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+            if clamp and isinstance(value, (int, float)) and not isinstance(value, bool) and not (
+                    isinstance(value, float) and not math.isfinite(value)):
                 spec = SPEC_BY_NAME[name]
-                bounded = min(max(float(value), spec.low), spec.high)
+                bounded = spec.low if value < spec.low else (spec.high if value > spec.high else float(value))
                 if bounded != value:
                     clamped.append(name)
                 value = bounded
@@ -110,14 +114,15 @@ class MPCParams:
 
     @classmethod
     def from_json_file(cls, path: str | Path, clamp: bool = False) -> "MPCParams":
+        """A (partial) parameter set from a JSON object file, read with the bounded user-JSON loader
+        (``edge_runtime.contracts.user_input``: no deep nesting, repeated keys or over-long numbers);
+        every failure is one ParameterError line naming the file and, where there is one, the field."""
         path = Path(path)
         try:
-            data = json.loads(path.read_text())
-        except FileNotFoundError:
-            raise ParameterError(f"{path}: parameter file not found") from None
-        except json.JSONDecodeError as exc:
-            raise ParameterError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno}); "
-                                 "expected an object like {\"qn\": 50, \"v_max\": 3}") from None
+            data = load_json_file(path, "parameter file")
+        except UserInputError as exc:
+            hint = "; expected an object like {\"qn\": 50, \"v_max\": 3}" if "JSON" in str(exc) else ""
+            raise ParameterError(f"{exc}{hint}") from None
         try:
             return cls.from_mapping(data, clamp=clamp)[0]
         except ParameterError as exc:

@@ -51,6 +51,7 @@ from ..sim import (
 from ..sim.track import TrackFormatError
 from ..sim.tracks import TRAIN_TRACK
 from ..contracts.task_enums import Category
+from ..contracts.user_input import clip, printable
 from ..tasks.metrics import WORST_ADAPTABILITY, summarise_adaptability
 from ..telemetry.writer import JsonlWriter, write_json_atomic
 from .control_loop import ControlLoop, LoopConfig
@@ -138,7 +139,7 @@ def _check_sim(name: str) -> None:
 
 
 def _fail(message: object) -> int:
-    print(f"edge-run: error: {' '.join(str(message).split())}", file=sys.stderr)
+    print(f"edge-run: error: {clip(' '.join(str(message).split()), 1000)}", file=sys.stderr)
     return 2
 
 
@@ -180,7 +181,7 @@ def _print_summary(summary: dict) -> None:
             imp_s = f"{100 * imp:+7.1f}%" if isinstance(imp, (int, float)) else f"{'-':>8s}"
             flag = " (crashed)" if w["crashed"] else (" (stalled)" if w["stalled"] else "")
             print(f"{w['window']:3d} {w['t_start']:6.1f} {w['category']:18s} {w['llm'][:14]:14s} {num(w['error'])} "
-                  f"{num(w['default_error'])} {imp_s}  {w['instruction'][:48]}{flag}")
+                  f"{num(w['default_error'])} {imp_s}  {printable(w['instruction'][:48])}{flag}")
         print("error: RMS of the category's quantity over the window; default: the same window re-simulated "
               "from the same state with the default parameters")
         overall = (summary.get("adaptability") or {}).get("overall")

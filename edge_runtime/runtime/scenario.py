@@ -36,7 +36,6 @@ racing line: RMS of d minus the racing-line offset at s). Improvement =
 from __future__ import annotations
 
 import itertools
-import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -46,6 +45,7 @@ from typing import Any
 import numpy as np
 
 from ..control.mpc import FrenetMPC, MPCConfig
+from ..contracts.user_input import UserInputError, clip, loads_bounded, quote, read_text_file
 from ..control.params import DEFAULT_PARAMS
 from ..tasks.instructions import Instruction, classify_instruction
 from ..tasks.metrics import Trajectory, adaptability, category_error, stalled
@@ -102,8 +102,11 @@ _FORMAT_HINT = "write one 'TIME_S, instruction text' per line (or a JSON list of
 
 def _entry(source: str, where: str, t: Any, text: Any) -> ScriptEntry:
     if isinstance(t, bool) or not isinstance(t, (int, float)):
-        raise ScriptError(f"{where}: time {t!r} is not a number of seconds; {_FORMAT_HINT}")
-    t = float(t)
+        raise ScriptError(f"{where}: time {quote(t, 30)} is not a number of seconds; {_FORMAT_HINT}")
+    try:
+        t = float(t)
+    except OverflowError:  # an int too large for a float
+        t = math.copysign(math.inf, t)
     if not math.isfinite(t) or t < 0:
         raise ScriptError(f"{where}: time {t:g} s must be finite and >= 0")
     if not isinstance(text, str) or not " ".join(text.split()):
@@ -112,7 +115,8 @@ def _entry(source: str, where: str, t: Any, text: Any) -> ScriptEntry:
     try:
         instruction = classify_instruction(text)
     except ValueError as exc:
-        raise ScriptError(f"{where}: {exc} (rephrase it, e.g. '{DEFAULT_INSTRUCTION}' or 'Drive at 2 m/s.')") from None
+        raise ScriptError(f"{where}: {clip(exc, 200)} (rephrase it, e.g. '{DEFAULT_INSTRUCTION}' or "
+                          "'Drive at 2 m/s.')") from None
     return ScriptEntry(t, instruction, where)
 
 
@@ -126,9 +130,9 @@ def _check_order(source: str, entries: list[ScriptEntry]) -> Scenario:
 
 def _parse_json(source: str, text: str) -> Scenario:
     try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ScriptError(f"{source}:{exc.lineno}: not valid JSON ({exc.msg}); {_FORMAT_HINT}") from None
+        data = loads_bounded(text, source)  # bounded depth and numbers, no repeated keys
+    except UserInputError as exc:
+        raise ScriptError(f"{exc}; {_FORMAT_HINT}") from None
     if not isinstance(data, list):
         raise ScriptError(f"{source}: expected a JSON list of {{\"t\": .., \"instruction\": ..}}, "
                           f"got {type(data).__name__}")
@@ -137,7 +141,7 @@ def _parse_json(source: str, text: str) -> Scenario:
         where = f"{source}: entry {i}"
         if not isinstance(item, dict) or set(item) != {"t", "instruction"}:
             raise ScriptError(f"{where}: expected an object with exactly the keys \"t\" and \"instruction\", "
-                              f"got {json.dumps(item)[:80]}")
+                              f"got {quote(item, 80)}")
         entries.append(_entry(source, where, item["t"], item["instruction"]))
     return _check_order(source, entries)
 
@@ -172,11 +176,9 @@ def load_script(path: str | Path) -> Scenario:
     """Read and validate a script file; ScriptError (one line) when it is missing or invalid."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ScriptError(f"{path}: script file not found; {_FORMAT_HINT}") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ScriptError(f"{path}: cannot read the script ({type(exc).__name__}: {exc})") from None
+        text = read_text_file(path, "script file")
+    except UserInputError as exc:
+        raise ScriptError(f"{exc}; {_FORMAT_HINT}") from None
     as_json = True if path.suffix.lower() == ".json" else None
     return parse_script(text, str(path), as_json)
 

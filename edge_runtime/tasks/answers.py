@@ -51,6 +51,7 @@ from typing import Any, Iterable, Mapping
 import numpy as np
 
 from ..contracts.answer_format import ANSWER_CLOSE, ANSWER_OPEN
+from ..contracts.user_input import DuplicateKeyError, no_duplicate_keys
 from ..control.params import DEFAULT_PARAMS, PARAM_NAMES, SPEC_BY_NAME, MPCParams, ParameterError
 
 __all__ = [
@@ -177,19 +178,6 @@ def extract_answer_block(text: str) -> tuple[str | None, ParseFailure | None, st
     return text[begin:end], None, ""
 
 
-class _DuplicateName(ValueError):
-    pass
-
-
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in out:
-            raise _DuplicateName(key)
-        out[key] = value
-    return out
-
-
 def _mpc_fail(reason: ParseFailure, detail: str) -> MPCParse:
     return MPCParse(None, reason, detail)
 
@@ -207,8 +195,8 @@ def parse_mpc_answer(text: str, clamp: bool = False) -> MPCParse:
     if not content.strip():
         return _mpc_fail(ParseFailure.EMPTY, "the <answer> block is empty")
     try:
-        data = json.loads(content, object_pairs_hook=_no_duplicates)
-    except _DuplicateName as exc:
+        data = json.loads(content, object_pairs_hook=no_duplicate_keys)
+    except DuplicateKeyError as exc:
         return _mpc_fail(ParseFailure.BAD_JSON, f"parameter {_short(exc.args[0])} appears more than once")
     except json.JSONDecodeError as exc:
         return _mpc_fail(ParseFailure.BAD_JSON, f"not valid JSON: {exc.msg} at character {exc.pos}")

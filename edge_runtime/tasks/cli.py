@@ -17,6 +17,7 @@ import json
 import sys
 from pathlib import Path
 
+from ..contracts.user_input import clip
 from ..control.params import DEFAULT_PARAMS, MPCParams, ParameterError, parameter_table_markdown
 from ..sim.track import TrackFormatError
 from ..sim.tracks import BUILTIN_TRACKS, SPLIT_TRACKS, TRAIN_TRACK, load_track, split_track
@@ -186,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except (ParameterError, TrackFormatError, ValueError, OracleUnavailable) as exc:
-        print(f"edge-task: error: {exc}", file=sys.stderr)
+        print(f"edge-task: error: {clip(' '.join(str(exc).split()), 1000)}", file=sys.stderr)
         return 2
 
 
