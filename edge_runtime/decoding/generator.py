@@ -16,10 +16,13 @@ Greedy decoding (:meth:`OnnxGenerator.generate`), sampling and grammar-constrain
 (:mod:`.constrained`) are all clients of it. Greedy, one prompt at a time (batch 1, the
 on-vehicle case):
 
-1. tokenize the prompt (no BOS/EOS is added, as in training);
+1. render the task prompt with the file's chat format (metadata ``edge_runtime.chat_format``,
+   :mod:`edge_runtime.contracts.chat_format`; absent = plain, the prompt as is) and tokenize it
+   (no BOS/EOS is added, as in training) -- :meth:`OnnxGenerator.encode`;
 2. prefill: the whole prompt through the graph with empty ``[1, kv_heads_i, 0, head_dim]`` pasts;
 3. greedy loop: argmax of the last logits, then one token through the graph with the previous
-   ``present.*`` outputs fed back as ``past_key_values.*``; stop at EOS or ``max_new_tokens``.
+   ``present.*`` outputs fed back as ``past_key_values.*``; stop at EOS (the chat format's eos_token, e.g.
+   ``<|im_end|>``) or ``max_new_tokens``.
 
 KV cache handling, by the file's layout (metadata ``edge_runtime.kv_cache``):
 
@@ -69,6 +72,7 @@ import onnxruntime as ort
 from tokenizers import Tokenizer
 
 from ..contracts.arch_spec import ArchSpec, ArchSpecError
+from ..contracts.chat_format import ChatFormat, ChatFormatError
 from ..contracts.generation import Generation
 from .model_file import META, ModelLoadError, json_field, one_line, open_session, read_metadata
 from .providers import ProviderConfig, provider_names, resolve_providers
@@ -130,6 +134,14 @@ class OnnxGenerator:
             if key not in self.generation:
                 raise ModelLoadError(f"{path}: metadata field '{META}generation' lacks '{key}'")
         self.eos_id = int(self.generation["eos_id"])
+        try:
+            self.chat_format = (ChatFormat.from_dict(json_field(path, meta, "chat_format"))
+                                if META + "chat_format" in meta else ChatFormat.plain())
+        except ChatFormatError as exc:
+            raise ModelLoadError(f"{path}: metadata field '{META}chat_format' is invalid: {one_line(exc, 160)}") from None
+        if self.chat_format.kind != "plain" and self.tokenizer.token_to_id(self.chat_format.eos_token) != self.eos_id:
+            raise ModelLoadError(f"{path}: metadata field '{META}generation' has eos_id {self.eos_id}, but the chat "
+                                 f"format ends answers with {self.chat_format.eos_token!r}; re-export the model")
         pad = self.generation.get("pad_id")
         self.pad_id = int(pad) if pad is not None else None
         layout = json_field(path, meta, "kv_cache") if META + "kv_cache" in meta else {"layout": "concat"}
@@ -208,7 +220,8 @@ class OnnxGenerator:
                              f"max_new_tokens or re-export with a larger --kv-capacity")
 
     def encode(self, prompt: str) -> list[int]:
-        return self.tokenizer.encode(prompt).ids
+        """Token ids of a task prompt as the model was trained on it: rendered with the chat format."""
+        return self.tokenizer.encode(self.chat_format.render(prompt)).ids
 
     def decode(self, token_ids: Sequence[int]) -> str:
         drop = {self.eos_id, self.pad_id}

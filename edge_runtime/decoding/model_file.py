@@ -18,13 +18,16 @@ from typing import Any
 
 import onnxruntime as ort
 
-__all__ = ["META", "REQUIRED_METADATA", "SUPPORTED_FORMAT_VERSIONS", "ModelLoadError", "json_field", "one_line",
+__all__ = ["META", "OPTIONAL_METADATA", "REQUIRED_METADATA", "SUPPORTED_FORMAT_VERSIONS", "ModelLoadError", "json_field", "one_line",
            "open_session", "read_metadata"]
 
 META = "edge_runtime."
 #: Metadata keys an exported file must carry (written by edge_runtime.export.onnx_export).
 REQUIRED_METADATA = tuple(META + k for k in ("format_version", "arch_spec", "tokenizer", "prompt_version",
                                              "answer_schema", "generation", "source_sha256", "dtype"))
+#: Metadata keys a reader takes when present: files exported before them lack them (kv_cache absent =
+#: concatenating layout, chat_format absent = plain prompts).
+OPTIONAL_METADATA = tuple(META + k for k in ("kv_cache", "chat_format"))
 SUPPORTED_FORMAT_VERSIONS = ("1",)
 
 

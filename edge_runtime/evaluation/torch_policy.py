@@ -1,4 +1,7 @@
-"""Greedy generation with a PyTorch Hugging Face model (training side; the reference for ONNX)."""
+"""Greedy generation with a PyTorch Hugging Face model (training side; the reference for ONNX).
+
+Prompts are rendered with the model's chat format and generation stops at its EOS token, as in
+the ONNX generator (``edge_runtime.contracts.chat_format``; a model directory without one is plain)."""
 
 from __future__ import annotations
 
@@ -9,18 +12,20 @@ import torch
 
 from ..model.batching import left_pad
 from ..model.tokenizer import special_ids
+from ..contracts.chat_format import ChatFormat, read_chat_format
 from ..contracts.generation import Generation
 
 
 class TorchPolicy:
     def __init__(self, model, tokenizer, name: str = "torch", weights_path: str | Path | None = None,
-                 batch_size: int = 16) -> None:
+                 batch_size: int = 16, chat_format: ChatFormat | None = None) -> None:
         self.model = model.eval()
         self.tokenizer = tokenizer  # a tokenizers.Tokenizer
         self.name = name
         self.weights_path = Path(weights_path) if weights_path else None
         self.batch_size = batch_size
-        self.eos_id, self.pad_id = special_ids(tokenizer)
+        self.chat_format = chat_format or ChatFormat.plain()
+        self.eos_id, self.pad_id = special_ids(tokenizer, self.chat_format)
 
     @classmethod
     def from_dir(cls, path: str | Path, batch_size: int = 16) -> "TorchPolicy":
@@ -30,7 +35,7 @@ class TorchPolicy:
         path = Path(path)
         model, _ = load_model(path)
         return cls(model, load_tokenizer(path / "tokenizer.json"), name=path.name,
-                   weights_path=path / "model.safetensors", batch_size=batch_size)
+                   weights_path=path / "model.safetensors", batch_size=batch_size, chat_format=read_chat_format(path))
 
     def parameter_count(self) -> int:
         return sum(p.numel() for p in self.model.parameters())
@@ -43,7 +48,7 @@ class TorchPolicy:
         out: list[Generation] = []
         device = next(self.model.parameters()).device
         for i in range(0, len(prompts), self.batch_size):
-            chunk = [self.tokenizer.encode(p).ids for p in prompts[i:i + self.batch_size]]
+            chunk = [self.tokenizer.encode(self.chat_format.render(p)).ids for p in prompts[i:i + self.batch_size]]
             ids, mask = left_pad(chunk, self.pad_id)
             width = ids.shape[1]
             gen = self.model.generate(input_ids=ids.to(device), attention_mask=mask.to(device),

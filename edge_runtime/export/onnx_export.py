@@ -46,6 +46,10 @@ silenced here). Should a torch release drop it, switch ``export_onnx`` to ``dyna
     edge_runtime.answer_schema    JSON {"format", "version", "answer_open", "answer_close",
                                   "parameters": [{name, low, high, default, unit}]}
     edge_runtime.generation       JSON {"eos_id", "pad_id", "max_new_tokens": {"mpc", "decision"}, "greedy"}
+                                  (eos/pad: the ids of the chat format's eos_token / pad_token)
+    edge_runtime.chat_format      JSON of contracts.chat_format.ChatFormat (the model directory's
+                                  chat_format.json; plain without one): how the runtime renders a
+                                  prompt; optional for readers, absent in older files = plain
     edge_runtime.source_sha256    sha256 of the source model.safetensors
     edge_runtime.dtype            "fp32" | "fp16" (the graph dtype, see above)
     edge_runtime.kv_cache         optional JSON {"layout": "shared", "capacity": N} for the
@@ -74,6 +78,7 @@ from torch import nn
 
 from ..contracts.answer_format import ANSWER_CLOSE, ANSWER_OPEN, PROMPT_VERSION
 from ..contracts.arch_spec import ArchSpec
+from ..contracts.chat_format import ChatFormat, read_chat_format
 from ..control.params import PARAM_SPECS
 from .errors import ExportError
 
@@ -90,7 +95,6 @@ META_KEYS = tuple(META + k for k in ("format_version", "arch_spec", "tokenizer",
                                      "answer_schema", "generation", "source_sha256", "dtype"))
 #: Generation settings stored in the file: greedy, stop at eos, per-task token budgets.
 GENERATION_DEFAULTS: dict[str, Any] = {"greedy": True, "max_new_tokens": {"mpc": 200, "decision": 48}}
-EOS_TOKEN, PAD_TOKEN = "<|endoftext|>", "<|pad|>"
 
 
 def input_names(spec: ArchSpec) -> list[str]:
@@ -193,15 +197,17 @@ def _source_files(model_dir: Path) -> tuple[Path, str, str]:
     return model_dir / WEIGHTS, sha, (model_dir / TOKENIZER).read_text(encoding="utf-8")
 
 
-def build_metadata(spec: ArchSpec, tokenizer_json: str, source_sha256: str, dtype: str) -> dict[str, str]:
-    """The metadata_props of an exported file (see the module docstring)."""
+def build_metadata(spec: ArchSpec, tokenizer_json: str, source_sha256: str, dtype: str,
+                   chat_format: ChatFormat | None = None) -> dict[str, str]:
+    """The metadata_props of an exported file (see the module docstring); ``chat_format`` None: plain."""
     from tokenizers import Tokenizer
 
+    fmt = chat_format or ChatFormat.plain()
     tok = Tokenizer.from_str(tokenizer_json)
-    eos, pad = tok.token_to_id(EOS_TOKEN), tok.token_to_id(PAD_TOKEN)
+    eos, pad = tok.token_to_id(fmt.eos_token), tok.token_to_id(fmt.pad_token)
     if eos is None:
-        raise ExportError(f"the tokenizer has no {EOS_TOKEN!r} token; train it with "
-                          "edge_runtime.model.tokenizer.train_tokenizer")
+        raise ExportError(f"the tokenizer has no {fmt.eos_token!r} token (the chat format's eos_token); train it "
+                          "with edge_runtime.model.tokenizer.train_tokenizer or fix chat_format.json")
     generation = {"eos_id": eos, "pad_id": pad, **GENERATION_DEFAULTS}
     return {
         META + "format_version": FORMAT_VERSION,
@@ -212,6 +218,7 @@ def build_metadata(spec: ArchSpec, tokenizer_json: str, source_sha256: str, dtyp
         META + "generation": json.dumps(generation),
         META + "source_sha256": source_sha256,
         META + "dtype": dtype,
+        META + "chat_format": fmt.to_json(),
     }
 
 
@@ -268,7 +275,11 @@ def export_onnx(model_dir: str | os.PathLike, out_path: str | os.PathLike, dtype
     _, sha, tokenizer_json = _source_files(model_dir)
     model, spec = load_model(model_dir, dtype=DTYPES[dtype])
     model.config._attn_implementation = "eager"
-    metadata = build_metadata(spec, tokenizer_json, sha, dtype)
+    try:
+        chat_format = read_chat_format(model_dir)
+    except ValueError as exc:  # ChatFormatError: one line naming the file and the field
+        raise ExportError(str(exc)) from None
+    metadata = build_metadata(spec, tokenizer_json, sha, dtype, chat_format)
     if kv_cache == LAYOUT_SHARED:
         capacity = DEFAULT_CAPACITY if capacity is None else capacity
         metadata[META + "kv_cache"] = json.dumps({"layout": LAYOUT_SHARED, "capacity": capacity})

@@ -29,6 +29,7 @@ from typing import Iterable, Sequence
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from ..contracts.answer_format import ANSWER_CLOSE, ANSWER_OPEN
+from ..contracts.chat_format import ChatFormat
 
 __all__ = [
     "special_ids",
@@ -44,12 +45,15 @@ ANSWER_TOKENS = (ANSWER_OPEN, ANSWER_CLOSE)
 TOKENIZER_FILE = "tokenizer.json"
 
 
-def special_ids(tok: Tokenizer) -> tuple[int, int]:
+def special_ids(tok: Tokenizer, chat_format: ChatFormat | None = None) -> tuple[int, int]:
     """(EOS id, pad id): generation stops at EOS and batches are padded with pad, so a tokenizer
-    without both cannot train or generate here."""
-    eos, pad = tok.token_to_id(EOS_TOKEN), tok.token_to_id(PAD_TOKEN)
+    without both cannot train or generate here. The token strings come from ``chat_format`` (a
+    pretrained tokenizer ends answers with its own token, e.g. ``<|im_end|>``); None: ours."""
+    eos_token, pad_token = (chat_format.eos_token, chat_format.pad_token) if chat_format else (EOS_TOKEN, PAD_TOKEN)
+    eos, pad = tok.token_to_id(eos_token), tok.token_to_id(pad_token)
     if eos is None or pad is None:
-        raise ValueError(f"tokenizer needs the {EOS_TOKEN} and {PAD_TOKEN} tokens")
+        raise ValueError(f"tokenizer needs the {eos_token} and {pad_token} tokens (the chat format's eos_token "
+                         f"and pad_token); fix chat_format.json or use the model's own tokenizer")
     return eos, pad
 
 

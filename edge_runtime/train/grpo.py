@@ -2,7 +2,7 @@
 
 Per step: draw ``prompts_per_step`` training prompts (:class:`TaskSampler`, exactly as SFT draws
 them), sample ``group_size`` completions of each with ``model.generate`` (temperature, optional
-top-k, left padding, stop at ``<|endoftext|>``), score every completion through a reward pool
+top-k, left padding, prompts rendered with the model's chat format, stop at its EOS token), score every completion through a reward pool
 (``train.rewards``: one closed-loop rollout per MPC answer, the rule label for a decision
 answer, plus small format / parse / valid-name bonuses), normalise the rewards within each
 prompt's group, and take one optimiser step on
@@ -45,6 +45,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ..contracts.chat_format import ChatFormat
 from ..model.batching import left_pad
 from ..model.tokenizer import special_ids
 from ..contracts.task_enums import Category
@@ -208,7 +209,10 @@ def group_advantages(rewards: Sequence[float] | np.ndarray, group_size: int, eps
 
 def completion_logprobs(model: torch.nn.Module, batch: Rollouts, temperature: float = 1.0) -> torch.Tensor:
     """log pi(token) of every completion column, ``[rows, completion columns]`` (garbage where
-    ``completion_mask`` is 0 -- select with it, never multiply NaN-prone values by it)."""
+    ``completion_mask`` is 0 -- select with it, never multiply NaN-prone values by it).
+
+    ``logits_to_keep`` makes the model apply its LM head only to the last ``n_completion + 1``
+    positions (those that predict completion tokens), never to the prompt."""
     n_completion = batch.input_ids.shape[1] - batch.prompt_width
     logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids,
                    logits_to_keep=n_completion + 1).logits[:, :-1]
@@ -246,12 +250,14 @@ class GRPOTrainer:
                  reward_pool: RewardPool, hooks: Sequence[StepHook] = (), ref_model: torch.nn.Module | None = None,
                  device: str | torch.device | None = None, sampler: TaskSampler | None = None,
                  eval_fn: Callable[[torch.nn.Module], dict] | None = None,
-                 checkpoint_fn: Callable[[torch.nn.Module, Path], None] | None = None) -> None:
+                 checkpoint_fn: Callable[[torch.nn.Module, Path], None] | None = None,
+                 chat_format: ChatFormat | None = None) -> None:
         self.cfg = cfg
         self.device = resolve_device(device)
         self.model = model.to(self.device)
         self.tokenizer = tokenizer
-        self.eos_id, self.pad_id = special_ids(tokenizer)
+        self.chat_format = chat_format or ChatFormat.plain()  # prompts rendered and answers ended as in SFT
+        self.eos_id, self.pad_id = special_ids(tokenizer, self.chat_format)
         self.reward_pool = reward_pool
         self.hooks = list(hooks)
         self.ref_model = None
@@ -273,7 +279,7 @@ class GRPOTrainer:
     def generate(self, prompts: Sequence[str]) -> Rollouts:
         """``group_size`` sampled completions of every prompt (rows grouped by prompt)."""
         cfg = self.cfg
-        encoded = [self.tokenizer.encode(p).ids for p in prompts]
+        encoded = [self.tokenizer.encode(self.chat_format.render(p)).ids for p in prompts]
         rows = [ids for ids in encoded for _ in range(cfg.group_size)]
         ids, mask = left_pad(rows, self.pad_id)
         width = ids.shape[1]
