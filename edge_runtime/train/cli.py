@@ -9,6 +9,11 @@ builds the preset, runs SFT on oracle answers for the training phrasings and sav
 model directory with its architecture spec, tokenizer, metrics.jsonl and train_summary.json.
 ``bpf`` runs one pruning schedule (or its dense baseline) from a trained model directory.
 Every training command takes ``--device auto|cpu|cuda`` and records the device it ran on.
+``sft`` resumes: it writes its resume state (weights, optimizer, step) every ``--resume-every``
+steps into ``OUT.training/resume.pt``, and the same command run again continues from it
+(``--restart`` starts over). Prompts use the chat format of the ``--init-from`` directory
+(``chat_format.json``, see ``edge_runtime.contracts.chat_format``; plain for a new preset), and the
+saved model records it.
 ``card`` writes the model card (README.md in the model directory) from those files and an
 ``edge-eval --json`` report.
 """
@@ -43,13 +48,14 @@ def cmd_sft(args: argparse.Namespace) -> int:
     import torch
 
     from ..model.build import build_model, preset_spec
+    from ..contracts.chat_format import CHAT_FORMAT_FILE, ChatFormat, read_chat_format
     from ..model.io import load_pretrained_dir, save_model
     from ..model.spec import spec_from_model
     from ..model.tokenizer import load_tokenizer, save_tokenizer, train_tokenizer
     from ..tasks.oracle_table import OracleTable
     from .corpus import task_corpus
     from .device import describe_device, resolve_device
-    from .sft import OptimConfig, SFTTrainer, seed_everything
+    from .sft import RESUME_FILE, OptimConfig, SFTTrainer, seed_everything
     from .sft_data import SFTDataConfig, build_sft_examples
 
     device = resolve_device(args.device)  # before minutes of data building: a wrong --device fails at once
@@ -58,7 +64,12 @@ def cmd_sft(args: argparse.Namespace) -> int:
     started = time.time()
     out = Path(args.out)
     work = out.with_name(out.name + ".training")
+    if args.restart and work.exists():
+        shutil.rmtree(work)
     work.mkdir(parents=True, exist_ok=True)
+    resuming = (work / RESUME_FILE).is_file()
+    if resuming:
+        print(f"resuming from {work / RESUME_FILE} (--restart starts over)")
     seed_everything(args.seed)
     table = OracleTable.load(args.oracle_table)
     data_cfg = SFTDataConfig(mpc_examples=args.mpc_examples, decision_per_instruction=args.decision_per_instruction,
@@ -68,33 +79,41 @@ def cmd_sft(args: argparse.Namespace) -> int:
     print(f"building SFT data ({data_cfg.mpc_examples} MPC, {8 * data_cfg.decision_per_instruction} decision)...")
     train = build_sft_examples(table, data_cfg)
     held = build_sft_examples(table, SFTDataConfig(mpc_examples=40, decision_per_instruction=6, seed=args.seed + 1))
+    chat_format = ChatFormat.plain()
     if args.init_from:
         model, spec = load_pretrained_dir(args.init_from)
         tokenizer = load_tokenizer(Path(args.init_from) / "tokenizer.json")
+        chat_format = read_chat_format(args.init_from)
         previous = Path(args.init_from) / "metrics.jsonl"
-        if previous.exists():  # one log for all stages; the step counter restarts at each stage
+        if previous.exists() and not resuming:  # one log for all stages; the step counter restarts at each stage
             shutil.copyfile(previous, work / "metrics.jsonl")
     else:
-        print(f"training the tokenizer (vocab {args.vocab_size})...")
-        # the instructions as trained (synonyms, distractor words) join the corpus, so that the
-        # words the augmentation brings in get tokens of their own
-        extra = [ex.instruction for ex in train] if data_cfg.augmented else []
-        tokenizer = train_tokenizer(task_corpus(seed=args.seed) + extra, vocab_size=args.vocab_size)
+        if resuming and (work / "tokenizer.json").is_file():
+            tokenizer = load_tokenizer(work / "tokenizer.json")
+        else:
+            print(f"training the tokenizer (vocab {args.vocab_size})...")
+            # the instructions as trained (synonyms, distractor words) join the corpus, so that the
+            # words the augmentation brings in get tokens of their own
+            extra = [ex.instruction for ex in train] if data_cfg.augmented else []
+            tokenizer = train_tokenizer(task_corpus(seed=args.seed) + extra, vocab_size=args.vocab_size)
         overrides = {k: v for k, v in (("num_layers", args.num_layers),
                                        ("intermediate_size", args.intermediate_size)) if v}
         spec = preset_spec(args.preset, vocab_size=tokenizer.get_vocab_size(), **overrides)
         model = build_model(spec, seed=args.seed)
     save_tokenizer(tokenizer, work / "tokenizer.json")
     optim = OptimConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, warmup_steps=args.warmup,
-                        seed=args.seed, eval_every=args.eval_every, checkpoint_every=args.checkpoint_every)
+                        seed=args.seed, eval_every=args.eval_every, checkpoint_every=args.checkpoint_every,
+                        resume_every=args.resume_every)
     n_params = sum(p.numel() for p in model.parameters())
-    print(f"model {args.init_from or args.preset}: {n_params:,} parameters; {len(train)} training examples")
+    print(f"model {args.init_from or args.preset}: {n_params:,} parameters; {len(train)} training examples; "
+          f"chat format {chat_format.kind}")
+    fmt_files = {CHAT_FORMAT_FILE: chat_format.to_json()} if chat_format.kind != "plain" else None
 
     def checkpoint(m, path: Path) -> None:
-        save_model(m, path, spec_from_model(m), tokenizer_json=work / "tokenizer.json")
+        save_model(m, path, spec_from_model(m), tokenizer_json=work / "tokenizer.json", extra_files=fmt_files)
 
     trainer = SFTTrainer(model, tokenizer, train, optim, work, eval_examples=held, checkpoint_fn=checkpoint,
-                         device=device)
+                         device=device, chat_format=chat_format, resume=resuming)
     history = trainer.train()
     summary = {
         "command": "edge-train " + shlex.join(args.argv),
@@ -109,9 +128,10 @@ def cmd_sft(args: argparse.Namespace) -> int:
         # a continued run keeps the history of the run it started from (the model card lists both)
         summary["init_summary"] = json.loads((Path(args.init_from) / "train_summary.json").read_text())
     save_model(trainer.model, out, spec_from_model(trainer.model), tokenizer_json=work / "tokenizer.json",
-               metadata={"training": summary})
+               metadata={"training": summary}, extra_files=fmt_files)
     (out / "train_summary.json").write_text(json.dumps(summary, indent=1) + "\n")
     os.replace(work / "metrics.jsonl", out / "metrics.jsonl")
+    (work / RESUME_FILE).unlink(missing_ok=True)  # finished: a new run of the command starts over
     print(f"saved {out} (loss {history['first_loss']:.3f} -> {history['last_loss']:.3f}, "
           f"eval loss {history['eval_loss']:.3f}, {summary['wall_time_s'] / 60:.1f} min)")
     return 0
@@ -282,6 +302,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="evaluation loss every N steps and after the last, 0: only after the last" + d)
     p.add_argument("--checkpoint-every", type=int, default=0,
                    help="checkpoint every N steps, 0: only the final model" + d)
+    p.add_argument("--resume-every", type=int, default=50,
+                   help="write the resume state (weights, optimizer, step) every N steps into OUT.training; the "
+                        "same command run again continues from it; 0: never" + d)
+    p.add_argument("--restart", action="store_true",
+                   help="discard OUT.training (its resume state and log) and start over (default: resume when a "
+                        "resume state is there)")
     _common_flags(p)
     p.set_defaults(func=cmd_sft)
 
