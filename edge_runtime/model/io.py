@@ -8,6 +8,7 @@ A model directory holds:
                            plain `from_pretrained` fail with a size-mismatch error
   tokenizer.json           (optional) copied verbatim
   edge_runtime_meta.json   user metadata + versions, parameter count, sha256 of the weights
+  (optional) extra text files the caller names, e.g. chat_template.jinja of an imported model
 
 Why the strict check: Hugging Face's option to ignore mismatched sizes silently re-initialises
 mismatched weights (design.md forbids it); here every tensor must be present with exactly the spec's shape.
@@ -94,10 +95,12 @@ def _replace_dir(tmp: Path, out_dir: Path) -> None:
 
 def save_model(model, out_dir: str | os.PathLike, spec: ArchSpec | None = None,
                tokenizer_json: str | os.PathLike | None = None,
-               metadata: dict[str, Any] | None = None) -> Path:
+               metadata: dict[str, Any] | None = None, extra_files: dict[str, str] | None = None) -> Path:
     """Write a model directory atomically (everything goes to a temp dir, then one rename).
 
     `spec` defaults to the spec read from the model's modules; a given spec must match them.
+    `extra_files` maps plain file names to UTF-8 text written beside the weights (e.g. an imported
+    model's chat template), inside the same atomic rename so that no half directory is ever seen.
     """
     from safetensors.torch import save_file
 
@@ -118,6 +121,11 @@ def save_model(model, out_dir: str | os.PathLike, spec: ArchSpec | None = None,
     tensors = {name: state[name].detach().contiguous().cpu() for name in spec.expected_tensor_shapes()}
     dtype = tensors["model.embed_tokens.weight"].dtype
     meta_user = json.loads(json.dumps(metadata or {}))  # fail early if not JSON-serialisable
+    reserved = {WEIGHTS, SPEC, CONFIG, TOKENIZER, META}
+    for name in extra_files or {}:
+        if name in reserved or Path(name).name != name or name.startswith("."):
+            raise ValueError(f"save_model: extra file name {name!r} must be a plain file name other than "
+                             f"{', '.join(sorted(reserved))}")
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_dir.with_name(f".{out_dir.name}.tmp-{uuid.uuid4().hex[:8]}")
@@ -128,6 +136,8 @@ def save_model(model, out_dir: str | os.PathLike, spec: ArchSpec | None = None,
         _write_json(tmp / CONFIG, _hf_config_dict(spec, dtype))
         if tokenizer_path is not None:
             shutil.copyfile(tokenizer_path, tmp / TOKENIZER)
+        for name, text in (extra_files or {}).items():
+            (tmp / name).write_text(text, encoding="utf-8")
         import safetensors
         import transformers
 

