@@ -69,3 +69,71 @@ def test_table_lists_every_parameter():
     table = parameter_table_markdown()
     for name in PARAM_NAMES:
         assert f"`{name}`" in table
+
+
+# -- malformed parameter files (issue 15, item 6): one bounded line naming the file and field ----------
+
+
+def _refused(path, pattern):
+    with pytest.raises(ParameterError, match=pattern) as info:
+        MPCParams.from_json_file(path)
+    message = str(info.value)
+    assert str(path) in message and "\n" not in message and len(message) < 1000
+    return message
+
+
+def test_params_nested_100k_deep_is_refused(tmp_path):
+    path = tmp_path / "deep.json"
+    path.write_text("[" * 100_000 + "]" * 100_000)
+    _refused(path, "nested deeper than")
+
+
+def test_params_file_that_is_a_directory_is_refused(tmp_path):
+    _refused(tmp_path, "is a directory")
+
+
+def test_duplicate_keys_are_refused_like_the_answer_parser(tmp_path):
+    from edge_runtime.tasks.answers import ParseFailure, parse_mpc_answer
+
+    path = tmp_path / "dup.json"
+    path.write_text('{"qn": 40, "qn": 60}')
+    _refused(path, "key 'qn' appears more than once")
+    assert parse_mpc_answer('<answer>{"qn": 40, "qn": 60}</answer>').failure is ParseFailure.BAD_JSON
+
+
+def test_many_unknown_keys_give_a_bounded_line(tmp_path):
+    path = tmp_path / "many.json"
+    path.write_text(json.dumps({f"k{i}": 1 for i in range(200_000)}))
+    message = _refused(path, r"unknown parameter name\(s\) 'k0', 'k1', 'k2', 'k3', 'k4', \.\.\. \(200000 in all\)")
+    assert "valid names: qv" in message
+    with pytest.raises(ParameterError) as info:  # the library path too: 2M names, a short line
+        MPCParams.from_mapping(dict.fromkeys((f"k{i}" for i in range(2_000_000)), 1))
+    assert len(str(info.value)) < 1000 and "(2000000 in all)" in str(info.value)
+
+
+@pytest.mark.slow
+def test_a_23_mb_params_file_is_refused_by_size(tmp_path):
+    path = tmp_path / "huge.json"
+    path.write_text(json.dumps({f"key{i}": 1 for i in range(2_000_000)}))
+    _refused(path, "larger than 8 MiB")
+
+
+def test_non_utf8_params_file_names_the_file(tmp_path):
+    path = tmp_path / "latin1.json"
+    path.write_bytes('{"qn": 40, "v_max": 3} # caf\xe9'.encode("latin-1"))
+    _refused(path, r"not UTF-8 text \(byte 0xe9 at offset 28\)")
+
+
+def test_a_5000_digit_number_names_the_file_and_field(tmp_path):
+    path = tmp_path / "long.json"
+    path.write_text('{"qn": 40, "v_max": ' + "9" * 5000 + "}")
+    _refused(path, r"field 'v_max': the number '9999.* has 5000 characters \(at most 40\)")
+
+
+def test_huge_values_from_the_library_give_a_line_not_an_overflow():
+    with pytest.raises(ParameterError, match=r"qv=inf is outside its range"):
+        MPCParams.from_mapping({"qv": 10 ** 400})
+    assert MPCParams.from_mapping({"qv": 10 ** 400}, clamp=True) == (MPCParams(qv=20.0), ["qv"])
+    with pytest.raises(ParameterError) as info:
+        MPCParams.from_mapping({"qv": "x" * 100_000})
+    assert len(str(info.value)) < 200

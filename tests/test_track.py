@@ -253,7 +253,7 @@ def test_csv_repeated_point(tmp_path):
 def test_array_validation():
     x = np.array([0.0, 1.0, 1.0, 0.0])
     y = np.array([0.0, 0.0, 1.0, 1.0])
-    w = np.ones(4)
+    w = np.full(4, 0.2)  # narrower than the ~0.7 m radius of the spline through the corners
     assert Track("square", x, y, w, w).length > 3.0
     with pytest.raises(TrackFormatError, match="same length"):
         Track("bad", x, y[:3], w, w)
@@ -293,3 +293,57 @@ def test_racing_line_within_bounds_and_smoother(builtin_track):
     centre = integrated_squared_curvature(tr, s, np.zeros(n))
     racing = integrated_squared_curvature(tr, s, line.offset_at(s))
     assert racing < 0.9 * centre, (racing, centre)
+
+
+# -- degenerate shapes (issue 15, item 5) -------------------------------------------------------------
+
+
+def _shape_csv(tmp_path, name, points, half_width):
+    path = tmp_path / f"{name}.csv"
+    path.write_text("x_m,y_m,w_tr_right_m,w_tr_left_m\n"
+                    + "".join(f"{x:.6f},{y:.6f},{half_width},{half_width}\n" for x, y in points))
+    return path
+
+
+def _figure_eight():
+    return [(10 * math.sin(a), 5 * math.sin(2 * a)) for a in np.linspace(0, 2 * math.pi, 40, endpoint=False)]
+
+
+def _circle(radius):
+    return [(radius * math.cos(a), radius * math.sin(a)) for a in np.linspace(0, 2 * math.pi, 30, endpoint=False)]
+
+
+@pytest.mark.parametrize("name,points,half_width,reason", [
+    ("eight", _figure_eight(), 0.5, r"crosses itself near .*figure-eight"),
+    ("collinear", [(float(i), 0.0) for i in range(10)], 0.5, r"lie on one straight line.*no area"),
+    ("wide", _circle(3.0), 3.5, r"wider than its turn radius .*left half-width 3.50 m > radius 2.99 m"),
+])
+def test_degenerate_tracks_are_refused_with_the_reason(tmp_path, name, points, half_width, reason):
+    path = _shape_csv(tmp_path, name, points, half_width)
+    with pytest.raises(TrackFormatError, match=reason) as info:
+        Track.from_csv(path)
+    assert str(path) in str(info.value) and "\n" not in str(info.value)
+    with pytest.raises(TrackFormatError, match=reason):
+        load_track(str(path))
+
+
+def test_the_same_loop_narrower_than_its_radius_is_accepted(tmp_path):
+    track = Track.from_csv(_shape_csv(tmp_path, "circle", _circle(3.0), 1.0))
+    assert track.length == pytest.approx(2 * math.pi * 3.0, rel=1e-3)
+
+
+def test_a_right_turn_too_tight_for_its_right_width_is_refused():
+    pts = np.array(_circle(3.0)[::-1])  # clockwise: every turn is a right turn
+    with pytest.raises(TrackFormatError, match="right half-width 3.20 m > radius"):
+        Track("cw", pts[:, 0], pts[:, 1], np.full(len(pts), 3.2), np.full(len(pts), 0.5))
+    assert Track("cw", pts[:, 0], pts[:, 1], np.full(len(pts), 0.5), np.full(len(pts), 3.2)).direction == -1.0
+
+
+def test_edge_run_refuses_a_degenerate_track_in_one_line(tmp_path, capsys):
+    from edge_runtime.runtime.cli import main as edge_run
+
+    path = _shape_csv(tmp_path, "eight", _figure_eight(), 0.5)
+    assert edge_run(["--track", str(path), "--duration", "1", "--fast", "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert "crosses itself" in err and err.count("\n") == 1 and "Traceback" not in err
+    assert not (tmp_path / "run").exists()

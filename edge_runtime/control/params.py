@@ -78,7 +78,7 @@ class MPCParams:
             spec = SPEC_BY_NAME[f.name]
             if not spec.low <= value <= spec.high:  # exact for ints of any size (no float overflow)
                 if not isinstance(value, float):  # a huge int prints as +-inf
-                    value = float(value) if abs(value) < 1e300 else math.copysign(math.inf, value)
+                    value = float(value) if abs(value) < 1e300 else (math.inf if value > 0 else -math.inf)
                 raise ParameterError(
                     f"parameter {f.name}={value:g} is outside its range [{spec.low:g}, {spec.high:g}]")
             object.__setattr__(self, f.name, float(value))

@@ -106,7 +106,7 @@ def _entry(source: str, where: str, t: Any, text: Any) -> ScriptEntry:
     try:
         t = float(t)
     except OverflowError:  # an int too large for a float
-        t = math.copysign(math.inf, t)
+        t = math.inf if t > 0 else -math.inf
     if not math.isfinite(t) or t < 0:
         raise ScriptError(f"{where}: time {t:g} s must be finite and >= 0")
     if not isinstance(text, str) or not " ".join(text.split()):

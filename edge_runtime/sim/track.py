@@ -5,6 +5,12 @@ centre-line points, so curvature is smooth (the MPC linearises around it) and ``
 arc length. Frenet coordinates: ``s`` in [0, length), ``d`` positive to the left of the
 driving direction, heading error = vehicle yaw − centre-line heading, wrapped to (−π, π].
 
+Degenerate shapes are refused (:class:`TrackFormatError` naming the source and where): centre-line
+points that all lie on one line (the loop encloses no area, so ``s`` could not advance), a centre
+line that crosses itself (a figure-eight), and a half-width larger than the radius of the turn on
+that side (the inner wall would fold over itself). The checks run on the resampled centre line,
+the one the car drives, for every track: CSV files, arrays and the built-in ones.
+
 CSV convention (F1TENTH / TUM): ``x_m, y_m, w_tr_right_m, w_tr_left_m`` per row, ``#`` comments,
 optional header, the loop not repeated at the end (a repeated first point is dropped).
 """
@@ -76,6 +82,7 @@ class Track:
         wl = CubicSpline(chord, np.append(w_left, w_left[0]), bc_type="periodic")(u)
         self.w_right = np.maximum(wr, 1e-3)
         self.w_left = np.maximum(wl, 1e-3)
+        _check_shape(self.x, self.y, self.s, self.curvature, self.w_left, self.w_right, self.step, source)
         self.normal_x = -np.sin(self.heading)
         self.normal_y = np.cos(self.heading)
         turn = self.heading[-1] - self.heading[0] + wrap_angle(self.heading[0] - self.heading[-1])
@@ -314,3 +321,65 @@ def _validate_centreline(x, y, w_right, w_left, source: str) -> None:
     if np.any(seg < 1e-6):
         bad = int(np.argmax(seg < 1e-6))
         raise TrackFormatError(f"{source}: consecutive centre-line points {bad} and {(bad + 1) % n} coincide")
+
+
+def _check_shape(x: np.ndarray, y: np.ndarray, s: np.ndarray, curvature: np.ndarray, w_left: np.ndarray,
+                 w_right: np.ndarray, step: float, source: str) -> None:
+    """Refuse a resampled centre line that no car can drive (see the module docstring)."""
+    pts = np.column_stack([x, y])
+    centred = pts - pts.mean(axis=0)
+    sv = np.linalg.svd(centred, compute_uv=False)
+    if sv[1] <= 1e-9 * max(sv[0], 1e-300):
+        raise TrackFormatError(f"{source}: all centre-line points lie on one straight line, so the loop encloses "
+                               "no area; give points around a closed loop")
+    crossing = _self_crossing(x, y, step)
+    if crossing is not None:
+        i, j = crossing
+        raise TrackFormatError(
+            f"{source}: the centre line crosses itself near ({x[i]:.2f}, {y[i]:.2f}) (at s = {s[i]:.1f} m and "
+            f"s = {s[j]:.1f} m); a track must be a simple closed loop (no figure-eight)")
+    area = 0.5 * abs(float(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1))))
+    length = step * len(x)
+    if area < 1e-4 * length * length:  # isoperimetric ratio 4*pi*A/L^2 below ~1e-3
+        raise TrackFormatError(f"{source}: the centre line encloses almost no area ({area:.3g} m^2 for a "
+                               f"{length:.1f} m loop); give points around a closed loop")
+    for side, width, sign in (("left", w_left, 1.0), ("right", w_right, -1.0)):
+        fold = width * sign * curvature  # >= 1: the half-width reaches the centre of a turn to this side
+        i = int(np.argmax(fold))
+        if fold[i] >= 1.0:
+            raise TrackFormatError(
+                f"{source}: the track is wider than its turn radius near ({x[i]:.2f}, {y[i]:.2f}) (s = {s[i]:.1f} m): "
+                f"{side} half-width {width[i]:.2f} m > radius {1.0 / abs(curvature[i]):.2f} m of the {side} turn, "
+                f"so the {side} wall folds over itself; make the turn wider or the track narrower there")
+
+
+def _self_crossing(x: np.ndarray, y: np.ndarray, step: float) -> tuple[int, int] | None:
+    """Indices (i, j) of two non-adjacent segments of the closed polyline that touch or cross.
+
+    Candidates come from a k-d tree of segment midpoints: two crossing segments of length <= step
+    have midpoints at most one step apart, so the test stays near linear in the number of points."""
+    from scipy.spatial import cKDTree
+
+    n = len(x)
+    x1, y1 = np.roll(x, -1), np.roll(y, -1)
+    mid = np.column_stack([(x + x1) / 2, (y + y1) / 2])
+    pairs = cKDTree(mid).query_pairs(r=1.5 * step, output_type="ndarray")
+    if len(pairs) == 0:
+        return None
+    i, j = pairs[:, 0], pairs[:, 1]
+    gap = np.abs(i - j)
+    keep = (gap > 1) & (gap < n - 1)
+    i, j = i[keep], j[keep]
+
+    def orient(ax, ay, bx, by, cx, cy):
+        return (bx - ax) * (cy - ay) - (by - ay) * (cx - ax)
+
+    o1 = orient(x[i], y[i], x1[i], y1[i], x[j], y[j])
+    o2 = orient(x[i], y[i], x1[i], y1[i], x1[j], y1[j])
+    o3 = orient(x[j], y[j], x1[j], y1[j], x[i], y[i])
+    o4 = orient(x[j], y[j], x1[j], y1[j], x1[i], y1[i])
+    hit = (o1 * o2 <= 0) & (o3 * o4 <= 0) & ~((o1 == 0) & (o2 == 0))
+    if not hit.any():
+        return None
+    k = int(np.argmax(hit))
+    return int(min(i[k], j[k])), int(max(i[k], j[k]))
