@@ -124,3 +124,21 @@ def test_provider_typo_is_refused_naming_the_choices(tmp_path, capsys):
     err = _one_line_error(capsys, "--provider", "invalid choice: 'cdua'")
     for choice in ("cpu", "cuda", "tensorrt", "auto"):
         assert f"'{choice}'" in err
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("eos,needle", [('"x"', "'eos_id' must be a token id"), ("1" * 5000, "5000 characters")])
+def test_model_metadata_eos_id_that_is_not_a_token_id_names_file_and_field(tmp_path, capsys, eos, needle):
+    pytest.importorskip("torch")
+    pytest.importorskip("onnx")
+    from onnx_fixtures import build_tiny_onnx, with_metadata
+
+    def bad_eos(props):
+        generation = json.loads(props["edge_runtime.generation"])
+        props["edge_runtime.generation"] = json.dumps(generation).replace(f'"eos_id": {generation["eos_id"]}',
+                                                                          f'"eos_id": {eos}')
+
+    path = with_metadata(build_tiny_onnx(tmp_path / "m"), tmp_path / "bad_eos.onnx", bad_eos)
+    assert edge_run(["--model", str(path), "--instruction", "Drive at 2 m/s.", "--fast", "--duration", "1",
+                     "--out", str(tmp_path / "run")]) == 2
+    _one_line_error(capsys, str(path), "metadata field 'edge_runtime.generation'", needle)

@@ -12,11 +12,12 @@ Vehicle side: onnxruntime only (no torch, no onnx).
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import onnxruntime as ort
+
+from ..contracts.user_input import UserInputError, loads_bounded, quote
 
 __all__ = ["META", "OPTIONAL_METADATA", "REQUIRED_METADATA", "SUPPORTED_FORMAT_VERSIONS", "ModelLoadError", "json_field", "one_line",
            "open_session", "read_metadata"]
@@ -78,8 +79,27 @@ def read_metadata(path: str | Path, session: ort.InferenceSession | None = None)
 
 
 def json_field(path: Path, meta: dict[str, str], key: str) -> Any:
-    """The JSON value of metadata field ``edge_runtime.<key>``; ModelLoadError when it does not parse."""
+    """The JSON value of metadata field ``edge_runtime.<key>``, read with the bounded user-JSON loader
+    (``edge_runtime.contracts.user_input``: a file is input like any other); ModelLoadError naming the
+    file and field when it does not parse -- and, for ``generation``, when a token id is not an integer."""
+    field = f"{path}: metadata field '{META}{key}'"
     try:
-        return json.loads(meta[META + key])
-    except json.JSONDecodeError as exc:
-        raise ModelLoadError(f"{path}: metadata field '{META}{key}' is not valid JSON ({one_line(exc, 120)})") from None
+        value = loads_bounded(meta[META + key], field)
+    except UserInputError as exc:
+        raise ModelLoadError(one_line(exc, 400)) from None
+    if key == "generation":
+        _check_generation(field, value)
+    return value
+
+
+def _check_generation(field: str, value: Any) -> None:
+    if not isinstance(value, dict):
+        raise ModelLoadError(f"{field} must be a JSON object, got {type(value).__name__}; re-export the model "
+                             "with edge-export")
+    for name in ("eos_id", "pad_id"):
+        if name not in value or (name == "pad_id" and value[name] is None):
+            continue  # a missing eos_id is reported by the reader; pad_id may be null
+        v = value[name]
+        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+            raise ModelLoadError(f"{field}: '{name}' must be a token id (an integer >= 0), got {quote(v, 40)}; "
+                                 "re-export the model with edge-export")
