@@ -11,6 +11,8 @@ must agree on so that neither has to import the other:
 * :mod:`.task_enums` — the task categories;
 * :mod:`.generation` — the result of one generation and the text-policy protocol that the ONNX
   generator and the PyTorch policy both satisfy.
+* :mod:`.user_input` — the bounded loader for user JSON (parameter files, scripts, model
+  metadata) and the escaped, bounded quoting of user text in one-line errors.
 
 The layering is described in ``docs/architecture.md`` and enforced by import-linter.
 """
