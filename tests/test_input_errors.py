@@ -142,3 +142,12 @@ def test_model_metadata_eos_id_that_is_not_a_token_id_names_file_and_field(tmp_p
     assert edge_run(["--model", str(path), "--instruction", "Drive at 2 m/s.", "--fast", "--duration", "1",
                      "--out", str(tmp_path / "run")]) == 2
     _one_line_error(capsys, str(path), "metadata field 'edge_runtime.generation'", needle)
+
+
+def test_oracle_table_file_is_read_with_the_bounded_loader(tmp_path):
+    from edge_runtime.tasks.oracle_table import OracleTable
+
+    path = tmp_path / "table.json"
+    path.write_text('{"entries": {}, "entries": {}}')
+    with pytest.raises(ValueError, match=r"table.json: key 'entries' appears more than once"):
+        OracleTable.load(path)

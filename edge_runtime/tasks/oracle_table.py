@@ -24,6 +24,7 @@ from ..control.params import SPEC_BY_NAME, MPCParams
 from ..sim.tracks import BUILTIN_TRACKS
 from .closed_loop import EvalConfig
 from ..contracts.task_enums import Category
+from ..contracts.user_input import load_json_file
 from .instructions import SPEED_RANGE, Instruction, instruction_set, make_instruction, phrasings
 from .oracle import OracleConfig, search
 
@@ -99,7 +100,7 @@ class OracleTable:
         path = Path(path)
         if not path.is_file():
             raise ValueError(f"{path}: oracle table not found; create it with 'edge-task oracle-table --out {path}'")
-        return cls(json.loads(path.read_text()), source=str(path))
+        return cls(load_json_file(path, "oracle table"), source=str(path))  # bounded: one line per bad file
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps({"eval_config": self.eval_config.to_dict(), "entries": self.entries},
