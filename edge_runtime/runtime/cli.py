@@ -25,16 +25,23 @@ per-token decode and total latency, LLM failures by reason, and the closed-loop 
 instruction window against the default parameters re-simulated from the same start state
 (``edge_runtime.runtime.scenario``), plus the model's control adaptability over the windows
 (an applied answer scores its window's improvement, a failed answer the worst case, -4).
-Ctrl-C / SIGTERM stop the loop and the LLM worker cleanly: the log is flushed and the summary
-written. Errors print one line and exit 2.
+``--out`` is checked and locked before the model loads (``output_dir``): a second run into the
+same directory is refused at once, and so is an earlier run's files unless ``--overwrite``.
+SIGINT, SIGTERM and SIGHUP stop the loop and the LLM worker cleanly, the summary is written, and
+repeated signals cannot interrupt that (``signals``). A full or failing disk never stops the loop
+(``edge_runtime.telemetry.writer``): records it refuses are counted and the summary says so.
+
+Exit status: 0 the run finished; 2 bad input or output path, one line on stderr, nothing ran;
+3 telemetry lost (records dropped, or summary.json could not be written and the summary went to
+stderr as one JSON line); 130 stopped by SIGINT / SIGTERM / SIGHUP, summary written (3 wins over
+130).
 """
 
 from __future__ import annotations
 
 import argparse
-import signal
+import contextlib
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any, NoReturn
@@ -53,8 +60,9 @@ from ..sim.tracks import TRAIN_TRACK
 from ..contracts.task_enums import Category
 from ..contracts.user_input import clip, printable
 from ..tasks.metrics import WORST_ADAPTABILITY, summarise_adaptability
-from ..telemetry.writer import JsonlWriter, write_json_atomic
+from ..telemetry.writer import JsonlWriter, json_line, write_json_atomic
 from .control_loop import ControlLoop, LoopConfig
+from .output_dir import OutputDirError, claim_output_dir
 from .scenario import (
     DEFAULT_INSTRUCTION,
     Scenario,
@@ -63,7 +71,9 @@ from .scenario import (
     score_windows,
     single_instruction,
 )
+from .signals import EXIT_INTERRUPTED, Interrupted, StopSignals
 
+EXIT_TELEMETRY_LOST = 3  # the run finished but records were dropped or summary.json could not be written
 WORKER_STOP_TIMEOUT = 10.0  # s to let a running generation finish at the end of a run
 
 
@@ -80,8 +90,9 @@ PROVIDER_CHOICES = ("cpu", "cuda", "tensorrt", "auto")
 DESCRIPTION = ("Drive the car in a simulator with the MPC at a fixed rate and record telemetry; with "
                "--model, an exported LLM sets the MPC parameters from each instruction on a worker thread.")
 EPILOG = ("Writes steps.jsonl (one JSON line per control step and per LLM call) and summary.json to --out. "
-          "Ctrl-C / SIGTERM stop the run cleanly with both files written. Bad input: one line on stderr, exit 2. "
-          "Manual: docs/runtime.md.")
+          "Exit status: 0 done; 2 bad input or output path (one line on stderr, nothing ran); 3 telemetry "
+          "records lost or summary.json not writable (the loop kept driving); 130 stopped by SIGINT, SIGTERM or "
+          "SIGHUP (both files written). Manual: docs/runtime.md.")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -112,7 +123,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rate", type=float, default=20.0, metavar="HZ", help="control rate in Hz (default: %(default)s)")
     p.add_argument("--horizon", type=int, default=20, metavar="N", help="MPC horizon in steps (default: %(default)s)")
     p.add_argument("--out", default="runs/latest", metavar="DIR",
-                   help="directory for steps.jsonl and summary.json (default: %(default)s)")
+                   help="directory for steps.jsonl and summary.json, created if missing and locked for the run "
+                        "(default: %(default)s)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an earlier run's steps.jsonl and summary.json in --out (removed before the new run "
+                        "writes anything) (default: off, such a directory is refused)")
     p.add_argument("--fast", action="store_true",
                    help="do not pace to the wall clock; with --model, wait for each answer so that the run is "
                         "deterministic (tests, CI) (default: off, real time)")
@@ -260,6 +275,28 @@ class _ModelError(Exception):
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Exit status: 0 done; 2 bad input or output path (nothing ran); 3 telemetry lost (records
+    dropped, or summary.json not writable: the summary then goes to stderr); 130 stopped by
+    SIGINT / SIGTERM / SIGHUP (summary written). 3 wins over 130: the lost data needs attention.
+
+    ``argv=None`` is the command line: stop signals are then ignored from the return until the
+    process has exited, so that a late repeated signal cannot turn the exit status into a kill. A
+    caller that passes ``argv`` (an embedding program, tests) gets its own handlers back instead."""
+    signals = StopSignals().install()  # start-up included: Ctrl-C during the model load is one line
+    try:
+        with contextlib.ExitStack() as cleanup:
+            return _run(argv, signals, cleanup)
+    except Interrupted as exc:
+        print(f"edge-run: interrupted by {exc.args[0]} while starting; nothing was run", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    finally:
+        if argv is None:
+            signals.ignore_until_exit()
+        else:
+            signals.restore()
+
+
+def _run(argv: list[str] | None, signals: StopSignals, cleanup: contextlib.ExitStack) -> int:
     try:
         args = build_parser().parse_args(argv)
     except SystemExit as exc:  # usage errors (one line, printed) and --help
@@ -277,6 +314,12 @@ def main(argv: list[str] | None = None) -> int:
         sim = make_simulator(args.sim, track=args.track)
     except (ParameterError, TrackFormatError, SimulatorUnavailableError, ScriptError, ValueError) as exc:
         return _fail(exc)
+    cleanup.callback(sim.close)
+    try:
+        out_dir = claim_output_dir(args.out, overwrite=args.overwrite)  # before the model loads
+    except OutputDirError as exc:
+        return _fail(exc)
+    cleanup.callback(out_dir.release)
     generator = worker = racing = None
     if scenario is not None:
         try:
@@ -286,14 +329,8 @@ def main(argv: list[str] | None = None) -> int:
             worker = LLMWorker(generator, max_new_tokens=budget)
             warmup_s = worker.warm_up()
         except _ModelError as exc:
-            sim.close()
             return _fail(exc.args[0])
-        except KeyboardInterrupt:
-            sim.close()
-            print("edge-run: interrupted while loading the model; nothing was run", file=sys.stderr)
-            return 130
         except Exception as exc:  # noqa: BLE001 -- a model that loads but cannot generate
-            sim.close()
             return _fail(f"{args.model}: the model loads but its warm-up generation failed "
                          f"({type(exc).__name__}: {exc}); re-export it with edge-export")
         if any(e.instruction.category is Category.RACING_LINE for e in scenario.entries):
@@ -302,7 +339,6 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 racing = compute_racing_line(sim.track)  # before the run: an OSQP solve
             except RuntimeError as exc:
-                sim.close()
                 return _fail(f"the script has racing-line instructions but {exc}; use another track")
         for entry in scenario.entries:
             if entry.t >= args.duration:
@@ -311,17 +347,21 @@ def main(argv: list[str] | None = None) -> int:
         if note:
             print(note)
 
-    out = Path(args.out)
-    stop = threading.Event()
-
-    def on_signal(signum, frame):
-        stop.set()
-
-    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    out = out_dir.path
+    try:
+        out_dir.clear_previous()  # --overwrite: the old run's files go before anything new is written
+        log = JsonlWriter(out / "steps.jsonl")
+    except OutputDirError as exc:
+        return _fail(exc)
+    except OSError as exc:
+        return _fail(f"--out {out}: cannot create steps.jsonl ({exc.strerror or exc}); choose a writable "
+                     "directory with --out")
+    stop = signals.stop
+    signals.running()  # from here a signal stops the loop; the summary is still written
     started = time.time()
-    log = JsonlWriter(out / "steps.jsonl")
     loop = ControlLoop(sim, FrenetMPC(sim.track, params, mpc_config), loop_config, log)
     worker_stopped = None
+    interrupted = False
     gpu_sampler, gpu_note = None, "GPU telemetry off (--gpu-interval 0)"
     if args.gpu_interval > 0:
         from ..telemetry.gpu import start_gpu_sampler
@@ -332,6 +372,7 @@ def main(argv: list[str] | None = None) -> int:
             loop.attach_llm(worker, scenario, blocking=args.fast)  # binds the worker to the loop's inbox
             worker.start()
         loop.run(stop)
+        interrupted = stop.is_set()  # a signal after the last step does not make the run incomplete
     finally:
         if worker is not None:
             worker_stopped = worker.stop(WORKER_STOP_TIMEOUT)
@@ -339,11 +380,10 @@ def main(argv: list[str] | None = None) -> int:
         if gpu_sampler is not None:
             gpu_sampler.stop()
         log.close()
-        for s, handler in previous.items():
-            signal.signal(s, handler)
     summary = loop.summary()
-    summary.update({"interrupted": stop.is_set(), "sim": args.sim, "track": args.track,
-                    "started": started, "log": str(out / "steps.jsonl"), "log_records": log.records,
+    summary.update({"interrupted": interrupted, "signals": list(signals.received), "sim": args.sim,
+                    "track": args.track, "started": started, "log": str(out / "steps.jsonl"),
+                    "log_records": log.records, "telemetry": log.health(),
                     "gpu": gpu_sampler.summary() if gpu_sampler is not None else {"available": False,
                                                                                    "note": gpu_note}})
     if worker is None:
@@ -364,12 +404,44 @@ def main(argv: list[str] | None = None) -> int:
         summary.update({"model": str(args.model), "llm": llm, "scenario": scenario.to_list(), "windows": windows,
                         "adaptability": adaptability,
                         "final_params": loop.mpc.params.to_dict()})
-    sim.close()
-    write_json_atomic(out / "summary.json", summary)
-    _print_summary(summary)
-    print(_gpu_line(summary["gpu"]))
-    print(f"telemetry: {out / 'steps.jsonl'} ({log.records} records), summary: {out / 'summary.json'}")
-    return 0
+    if log.dropped:
+        _warn(f"{log.dropped} telemetry records could not be written to {log.path} (first error: "
+              f"{log.first_error}); the loop kept driving; summary 'telemetry' has the counts")
+    summary_ok = _write_summary(out / "summary.json", summary)
+    try:  # the terminal may be gone (SIGHUP): the files are what counts
+        _print_summary(summary)
+        print(_gpu_line(summary["gpu"]))
+        print(f"telemetry: {out / 'steps.jsonl'} ({log.records} records), summary: "
+              f"{out / 'summary.json' if summary_ok else 'on stderr'}")
+        if interrupted:
+            print(f"edge-run: stopped by {signals.first}", file=sys.stderr)
+    except OSError:
+        pass
+    if log.dropped or not summary_ok:
+        return EXIT_TELEMETRY_LOST
+    return EXIT_INTERRUPTED if interrupted else 0
+
+
+def _warn(message: str) -> None:
+    try:
+        print(f"edge-run: warning: {message}", file=sys.stderr)
+    except OSError:
+        pass
+
+
+def _write_summary(path: Path, summary: dict[str, Any]) -> bool:
+    """summary.json, atomically; when that fails, the summary as one JSON line on stderr."""
+    try:
+        write_json_atomic(path, summary)
+        return True
+    except OSError as exc:
+        _warn(f"could not write {path} ({exc.strerror or exc}); the summary follows on stderr as one JSON line")
+        try:
+            sys.stderr.write(json_line(summary))
+            sys.stderr.flush()
+        except OSError:
+            pass
+        return False
 
 
 if __name__ == "__main__":
