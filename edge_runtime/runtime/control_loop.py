@@ -25,6 +25,10 @@ the next deadline, the missed periods are counted as dropped and skipped (the co
 tries to catch up with a burst of late steps, as a real vehicle loop would not). In
 ``realtime=False`` mode the loop runs as fast as it can and overruns are still counted against
 the period.
+
+Telemetry never stops the loop: :class:`~edge_runtime.telemetry.writer.JsonlWriter` catches the
+disk's errors (full, failing, read-only) and counts the records it could not write, so on a
+vehicle the controller keeps driving when its log cannot be written.
 """
 
 from __future__ import annotations
