@@ -16,8 +16,9 @@ included. Why each phase behaves as it does:
 At the end, an embedding caller gets its handlers back (:meth:`StopSignals.restore`); the command
 line instead ignores stop signals until the process is gone (:meth:`StopSignals.ignore_until_exit`),
 because the interpreter drops Python handlers while it shuts down and a late repeat would then
-kill it with SIGTERM's status after all. Only the main thread can install signal handlers; called from another thread (an embedding
-application), :class:`StopSignals` leaves the process's handlers alone.
+kill it with SIGTERM's status after all. Only the main thread can install signal handlers;
+called from another thread (an embedding application), :class:`StopSignals` leaves the
+process's handlers alone.
 """
 
 from __future__ import annotations
