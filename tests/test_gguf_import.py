@@ -284,3 +284,28 @@ def test_bad_inputs_exit_2_with_one_line(capsys, tmp_path, imported):
     (busy / "keep.txt").write_text("x")
     _bad(capsys, [str(imported["F32"][0]), "-o", str(busy)], "busy", "--overwrite")
     assert (busy / "keep.txt").read_text() == "x"
+
+
+@pytest.mark.slow
+def test_sft_from_an_imported_model_keeps_its_chat_format_and_provenance(imported, tmp_path):
+    """edge-train sft --init-from an imported directory: the tokenizer (which has none of our tokens)
+    is accepted through the recorded chat format, and the fine-tuned directory still carries the chat
+    format, the chat template and the GGUF provenance, which the model card names."""
+    from edge_runtime.contracts.chat_format import read_chat_format
+    from edge_runtime.model.io import META
+    from edge_runtime.train.cli import main
+
+    base = imported["F32"][2]
+    out = tmp_path / "sft"
+    assert main(["sft", "--init-from", str(base), "--out", str(out), "--steps", "1", "--batch-size", "1",
+                 "--mpc-examples", "2", "--decision-per-instruction", "2", "--eval-every", "0", "--threads", "1",
+                 "--device", "cpu"]) == 0
+    assert read_chat_format(out).kind == "chatml"
+    assert (out / "chat_template.jinja").read_text() == (base / "chat_template.jinja").read_text()
+    summary = json.loads((out / "train_summary.json").read_text())
+    base_meta = json.loads((base / META).read_text())
+    assert summary["init_weights_sha256"] == base_meta["model_sha256"]
+    assert summary["base_model"]["gguf_sha256"] == base_meta["metadata"]["gguf_import"]["gguf_sha256"]
+    assert json.loads((out / META).read_text())["metadata"]["base_model"]["dequantized"] is False
+    assert main(["card", "--model", str(out)]) == 0
+    assert "initialised from the pretrained base" in (out / "README.md").read_text()

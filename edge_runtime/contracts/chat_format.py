@@ -92,6 +92,12 @@ class ChatFormat:
         head = f"{CHATML_START}system\n{self.system}{CHATML_END}\n" if self.system is not None else ""
         return f"{head}{CHATML_START}user\n{prompt}{CHATML_END}\n{CHATML_START}assistant\n"
 
+    def special_tokens(self) -> tuple[str, ...]:
+        """The token strings this format writes or stops at; each must be one token of the tokenizer."""
+        if self.kind == "chatml":
+            return tuple(dict.fromkeys((CHATML_START, CHATML_END, self.eos_token, self.pad_token)))
+        return tuple(dict.fromkeys((self.eos_token, self.pad_token)))
+
     @property
     def answer_suffix(self) -> str:
         """What follows the answer in training (and ends generation): the EOS token string."""

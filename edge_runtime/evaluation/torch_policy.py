@@ -34,8 +34,9 @@ class TorchPolicy:
 
         path = Path(path)
         model, _ = load_model(path)
-        return cls(model, load_tokenizer(path / "tokenizer.json"), name=path.name,
-                   weights_path=path / "model.safetensors", batch_size=batch_size, chat_format=read_chat_format(path))
+        chat_format = read_chat_format(path)
+        return cls(model, load_tokenizer(path / "tokenizer.json", chat_format), name=path.name,
+                   weights_path=path / "model.safetensors", batch_size=batch_size, chat_format=chat_format)
 
     def parameter_count(self) -> int:
         return sum(p.numel() for p in self.model.parameters())

