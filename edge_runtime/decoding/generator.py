@@ -3,7 +3,8 @@
 The ONNX file is self-describing (see ``edge_runtime.export.onnx_export``): its metadata holds the
 architecture spec (per-layer KV cache shapes), the tokenizer, the prompt version, the answer
 schema and the generation settings, so ``OnnxGenerator("model.onnx")`` needs nothing else
-(:mod:`.model_file` opens and checks it).
+(:mod:`.model_file` opens it and checks the metadata is there; :mod:`.graph_check` checks at load
+that the metadata describes the graph -- layers, query and KV heads, head_dim, vocab, MLP widths).
 
 **Step API** (:mod:`.step_api`, the way onnxruntime-genai's generator is driven)::
 
@@ -74,6 +75,7 @@ from tokenizers import Tokenizer
 from ..contracts.arch_spec import ArchSpec, ArchSpecError
 from ..contracts.chat_format import ChatFormat, ChatFormatError
 from ..contracts.generation import Generation
+from .graph_check import check_graph_against_spec
 from .model_file import META, ModelLoadError, json_field, one_line, open_session, read_metadata
 from .providers import ProviderConfig, provider_names, resolve_providers
 from .step_api import GenerationResult
@@ -160,30 +162,16 @@ class OnnxGenerator:
 
     # ------------------------------------------------------------------ graph
     def _check_graph(self) -> None:
-        inputs = {i.name: i for i in self.session.get_inputs()}
-        outputs = {o.name for o in self.session.get_outputs()}
-        expected_in = ["input_ids", "attention_mask", "position_ids"]
-        expected_out = ["logits"]
-        for i in range(self.spec.num_layers):
-            expected_in += [f"past_key_values.{i}.key", f"past_key_values.{i}.value"]
-            expected_out += [f"present.{i}.key", f"present.{i}.value"]
-        missing = [n for n in expected_in if n not in inputs] + [n for n in expected_out if n not in outputs]
-        if missing:
-            raise ModelLoadError(f"{self.path}: graph lacks {missing[:4]} required by its arch_spec "
-                                 f"({self.spec.num_layers} layers); re-export the model")
-        self._past_names = expected_in[3:]
-        self._present_names = expected_out[1:]
-        first = inputs["past_key_values.0.key"]
+        """The metadata against the graph (:mod:`.graph_check`: layers, KV and query heads, head_dim,
+        vocab, every projection's shape), then the binding names and the cache dtype."""
+        check_graph_against_spec(self.path, self.session, self.spec, self.kv_capacity)
+        self._past_names = [n for i in range(self.spec.num_layers)
+                            for n in (f"past_key_values.{i}.key", f"past_key_values.{i}.value")]
+        self._present_names = [n for i in range(self.spec.num_layers) for n in (f"present.{i}.key", f"present.{i}.value")]
+        first = next(i for i in self.session.get_inputs() if i.name == "past_key_values.0.key")
         if first.type not in _NP_DTYPES:
             raise ModelLoadError(f"{self.path}: unsupported KV cache type {first.type}")
         self.kv_dtype = _NP_DTYPES[first.type]
-        for i, (_, kv, _, hd) in enumerate(self.spec.kv_cache_shapes(1, 0)):
-            shape = inputs[f"past_key_values.{i}.key"].shape
-            seq_ok = self.kv_capacity is None or shape[2] == self.kv_capacity
-            if len(shape) != 4 or shape[1] != kv or shape[3] != hd or not seq_ok:
-                seq = "past_seq" if self.kv_capacity is None else str(self.kv_capacity)
-                raise ModelLoadError(f"{self.path}: past_key_values.{i}.key has shape {shape}, the arch_spec "
-                                     f"and kv_cache metadata say [batch, {kv}, {seq}, {hd}]")
 
     def _empty_past(self) -> list[ort.OrtValue]:
         """The cache a sequence starts with: empty pasts (concat), or the generator's buffers
@@ -391,6 +379,8 @@ class OnnxPolicy:
                 for r in self.last_results]
 
     def parameter_count(self) -> int:
+        """The arch spec's parameter count; the load checked the spec against every weight matrix of
+        the graph (:mod:`.graph_check`), so it counts the graph's model, not what the metadata claims."""
         return self.generator.spec.num_parameters()
 
     def file_size(self) -> int:

@@ -62,6 +62,7 @@ from ..contracts.user_input import clip, printable
 from ..tasks.metrics import WORST_ADAPTABILITY, summarise_adaptability
 from ..telemetry.writer import JsonlWriter, json_line, write_json_atomic
 from .control_loop import ControlLoop, LoopConfig
+from .llm_worker import PromptDoesNotFit
 from .output_dir import OutputDirError, claim_output_dir
 from .scenario import (
     DEFAULT_INSTRUCTION,
@@ -327,9 +328,12 @@ def _run(argv: list[str] | None, signals: StopSignals, cleanup: contextlib.ExitS
             from .llm_worker import LLMWorker
 
             worker = LLMWorker(generator, max_new_tokens=budget)
+            worker.check_prompts_fit((e.where, e.instruction) for e in scenario.entries)  # before anything runs
             warmup_s = worker.warm_up()
         except _ModelError as exc:
             return _fail(exc.args[0])
+        except PromptDoesNotFit as exc:
+            return _fail(exc)
         except Exception as exc:  # noqa: BLE001 -- a model that loads but cannot generate
             return _fail(f"{args.model}: the model loads but its warm-up generation failed "
                          f"({type(exc).__name__}: {exc}); re-export it with edge-export")

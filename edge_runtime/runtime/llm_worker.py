@@ -21,6 +21,11 @@ delivered as a failure with reason ``worker_error`` (type and message in ``detai
 worker thread keeps serving. :meth:`stop` ends the thread after the generation in progress (if
 any) and says whether it ended within the timeout.
 
+Fit: with a shared-KV-cache file (fixed capacity), :meth:`LLMWorker.check_prompts_fit` refuses up
+front -- before the run, as one :class:`PromptDoesNotFit` line -- a token budget that no MPC prompt
+leaves room for and every instruction whose prompt plus the budget exceeds the capacity, so that
+such a run never starts rather than logging each call as a ``worker_error``.
+
 Torch-free (vehicle side). ``generator`` is anything with ``generate(prompt, max_new_tokens)``
 returning a :class:`~edge_runtime.decoding.step_api.GenerationResult` (tests pass doubles). With a
 constrained generator (``OnnxGenerator(constrained=True)``, ``edge-run --constrained``) every
@@ -33,7 +38,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -45,7 +50,7 @@ from ..tasks.instructions import Instruction
 from ..tasks.prompts import build_mpc_prompt
 from ..telemetry.stats import latency_summary
 
-__all__ = ["WORKER_ERROR", "LLMOutcome", "LLMRequest", "LLMWorker", "mpc_token_budget"]
+__all__ = ["WORKER_ERROR", "LLMOutcome", "LLMRequest", "LLMWorker", "PromptDoesNotFit", "mpc_token_budget"]
 
 #: Failure reason of an exception inside the worker (parse failures use ParseFailure values).
 WORKER_ERROR = "worker_error"
@@ -60,6 +65,10 @@ def mpc_token_budget(generation: dict[str, Any], where: str = "model") -> int:
         raise ValueError(f"{where}: metadata field 'edge_runtime.generation' lacks a positive "
                          f"max_new_tokens.mpc (got {budget!r}); re-export the model with edge-export")
     return value
+
+
+class PromptDoesNotFit(ValueError):
+    """The token budget, or an instruction's prompt with it, cannot fit the model's KV cache (one line)."""
 
 
 @dataclass(frozen=True)
@@ -165,6 +174,34 @@ class LLMWorker:
         self._thread.start()
         return self
 
+    def check_prompts_fit(self, instructions: Iterable[tuple[str, Instruction]]) -> None:
+        """PromptDoesNotFit (naming the file, or the instruction's ``where``) when the generator's KV
+        cache capacity cannot hold the MPC token budget after even the shortest prompt, or an
+        instruction's prompt plus the budget; no-op for generators without a capacity (concat
+        layout, test doubles). Call before the run: ``instructions`` are (where, instruction) pairs."""
+        capacity = getattr(self.generator, "kv_capacity", None)
+        if capacity is None:
+            return
+        model, budget = getattr(self.generator, "path", "model"), self.max_new_tokens
+        shortest = len(self.generator.encode(build_mpc_prompt("x")))
+        if shortest + budget - 1 > capacity:
+            raise PromptDoesNotFit(
+                f"{model}: metadata field 'edge_runtime.generation' asks for max_new_tokens.mpc {budget}, which can "
+                f"never fit the KV cache capacity {capacity}: the MPC prompt alone takes {shortest} tokens, so a "
+                f"prompt plus {budget} new tokens needs at least {shortest + budget - 1} positions; re-export with "
+                f"a larger --kv-capacity (edge-export)")
+        for where, instruction in instructions:
+            n = len(self.generator.encode(self._prompt(instruction)))
+            if n + budget - 1 > capacity:
+                raise PromptDoesNotFit(
+                    f"{where}: the prompt of this instruction takes {n} tokens; with max_new_tokens.mpc {budget} "
+                    f"it needs {n + budget - 1} positions, more than the KV cache capacity {capacity} of {model}; "
+                    f"shorten the instruction by {n + budget - 1 - capacity} tokens or more")
+
+    @staticmethod
+    def _prompt(instruction: Instruction) -> str:
+        return build_mpc_prompt(instruction.text)
+
     def warm_up(self, tokens: int = 2) -> float:
         """One short generation before the run (first-run allocations); returns its seconds.
         Call before :meth:`start`; not counted in the statistics."""
@@ -238,7 +275,7 @@ class LLMWorker:
                           answered_sim_time=self._clock(), answered_wall_time=time.time())
 
     def _answer(self, request: LLMRequest) -> LLMOutcome:
-        prompt = build_mpc_prompt(request.instruction.text)
+        prompt = self._prompt(request.instruction)
         result = self.generator.generate(prompt, self.max_new_tokens)
         parsed = parse_mpc_answer(result.text)
         self.generations += 1
