@@ -200,13 +200,16 @@ def test_realtime_loop_never_waits_for_a_slow_llm():
     assert worker.stop(5)
     control = [r for r in records if r["type"] == "control"]
     llm = [r for r in records if r["type"] == "llm"]
-    assert len(control) == 30 and all(r["llm_wait"] == 0.0 for r in control)
+    # every period had a step or was dropped (a loaded machine may overrun); no step waited
+    assert len(control) + sum(r["dropped"] for r in control) == 30 and all(r["llm_wait"] == 0.0 for r in control)
     assert len(llm) == 1 and llm[0]["status"] == "applied"
     k = llm[0]["applied_step"]
-    assert k >= 4  # 0.3 s at 20 Hz: the loop kept driving meanwhile
-    assert llm[0]["requested_sim_time"] == 0.0 and llm[0]["applied_sim_time"] == pytest.approx(k * 0.05)
+    assert k >= 2 and llm[0]["applied_sim_time"] >= 0.2  # 0.3 s at 20 Hz: the loop kept driving meanwhile
+    assert llm[0]["requested_sim_time"] == 0.0
+    assert llm[0]["applied_sim_time"] == pytest.approx(control[k - 1]["sim_time"])
     assert control[k]["param_call"] == 0 and control[k - 1]["param_call"] is None
-    assert control[k]["param_age"] == pytest.approx(0.05) and control[k - 1]["param_age"] == pytest.approx(k * 0.05)
+    assert control[k]["param_age"] == pytest.approx(control[k]["sim_advance"])
+    assert control[k - 1]["param_age"] == pytest.approx(control[k - 1]["sim_time"])
     assert loop.mpc.params.v_max == 2.0 and loop.summary()["llm_blocking"] is False
 
 

@@ -19,12 +19,24 @@ loop at each instruction until its outcome is delivered, so that the answer appl
 step the instruction was issued and runs are deterministic; the pause is excluded from
 ``exec_time`` and recorded as ``llm_wait`` (and ``llm_blocking: true`` in the summary).
 
-Timing honesty: ``exec_time`` is the wall time of the control step itself (MPC solve +
-simulator step). In real-time mode the loop sleeps to the next deadline; when a step ends past
-the next deadline, the missed periods are counted as dropped and skipped (the controller never
-tries to catch up with a burst of late steps, as a real vehicle loop would not). In
-``realtime=False`` mode the loop runs as fast as it can and overruns are still counted against
-the period.
+Timing model -- the simulated car feels the controller's latency. Time is counted in control
+periods (*ticks*); a step starts at a tick, reads the state there and computes its command. A
+command applies from the start of the period in which it became ready: on time (ready within the
+step's own period) it drives that period, as in any discrete controller. A late command (ready
+after ``j`` further ticks) leaves the car holding the command in force (the previous one) for
+those ``j`` periods, exactly as a vehicle's actuators hold their last command, and then drives one
+period. The next step starts at the first tick that has not passed yet; the periods in between
+are *dropped* (no step of their own) and the car keeps the command in force through them. So
+``steps + dropped steps`` equals the run's periods, in real time sim time equals wall time since
+the start to within a period, and a slow controller makes the closed-loop result worse, as on the car.
+
+In real time the lateness is the wall clock since the step's tick (MPC solve, simulator step,
+anything else the step spent); the loop sleeps to the next tick and never catches up with a burst
+of late steps. ``realtime=False`` (``--fast``: tests, CI) runs as fast as it can and, by default,
+gives every step exactly one period (deterministic; overruns of the measured ``exec_time`` are
+still counted, but not felt); ``LoopConfig.step_cost`` declares a per-step compute time instead,
+and the car then feels that latency as above -- deterministically. ``exec_time`` is the wall time
+of the control step itself (MPC solve + simulator steps).
 
 Telemetry never stops the loop: :class:`~edge_runtime.telemetry.writer.JsonlWriter` catches the
 disk's errors (full, failing, read-only) and counts the records it could not write, so on a
@@ -41,7 +53,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..control.mpc import FrenetMPC
 from ..control.params import MPCParams
-from ..sim.protocol import Simulator, VehicleState
+from ..sim.protocol import ControlCommand, Simulator, VehicleState
 from ..telemetry.memory import process_memory
 from ..telemetry.stats import latency_summary
 from ..telemetry.writer import JsonlWriter
@@ -59,6 +71,9 @@ class LoopConfig:
     realtime: bool = True
     warmup_steps: int = 20  # excluded from the latency summaries, and stated there
     memory_every: int = 20  # sample RSS every N steps (a psutil call per step would cost control time)
+    # Fast mode only: the seconds of the car's time each control step is taken to cost (None: none,
+    # every step lasts one period). Reproduces a slow controller's effect on the car deterministically.
+    step_cost: float | None = None
 
     def __post_init__(self) -> None:
         if not 1.0 <= self.rate_hz <= 1000.0:
@@ -67,10 +82,31 @@ class LoopConfig:
             raise ValueError(f"LoopConfig.duration must be a positive number of seconds, got {self.duration}")
         if self.warmup_steps < 0 or self.memory_every < 1:
             raise ValueError("LoopConfig: warmup_steps >= 0 and memory_every >= 1 required")
+        if self.step_cost is not None:
+            if not (self.step_cost >= 0 and math.isfinite(self.step_cost)):
+                raise ValueError(f"LoopConfig.step_cost must be a finite number of seconds >= 0, got {self.step_cost}")
+            if self.realtime:
+                raise ValueError("LoopConfig.step_cost needs realtime=False: a real-time loop's step costs "
+                                 "what the wall clock says")
 
     @property
     def period(self) -> float:
         return 1.0 / self.rate_hz
+
+    @property
+    def periods(self) -> int:
+        """The run's length in control periods."""
+        return int(round(self.duration * self.rate_hz))
+
+
+#: What the car holds before the controller's first command: wheels straight, no acceleration.
+NEUTRAL = ControlCommand(steer=0.0, accel=0.0)
+
+
+def periods_spanned(seconds: float, period: float) -> int:
+    """How many periods a step that ends ``seconds`` after its tick occupies (at least one; a step
+    that ends exactly on the next tick is on time)."""
+    return max(1, math.ceil(seconds / period - 1e-9))
 
 
 class ControlLoop:
@@ -83,6 +119,8 @@ class ControlLoop:
         self.solve_times: list[float] = []
         self.overruns = 0
         self.dropped = 0
+        self.held_time = 0.0  # sim seconds the car held a previous command because a step was late
+        self.in_force: ControlCommand = NEUTRAL  # the command the car holds now
         self.steps = 0
         self.peak_rss = 0
         self.last_state: VehicleState = sim.state()
@@ -183,14 +221,19 @@ class ControlLoop:
                 self.log.write(o.record(status, None, None, self.mpc.params))
 
     def run(self, stop: threading.Event | None = None) -> VehicleState:
+        """Drive for ``config.duration`` of sim time (see the module docstring for the timing model)."""
         cfg = self.config
-        period = cfg.period
-        n_steps = int(round(cfg.duration * cfg.rate_hz))
+        period, n_periods = cfg.period, cfg.periods
         state = self.sim.state()
-        next_deadline = time.perf_counter() + period
-        for k in range(n_steps):
+        tick = 0  # the period the next step starts at
+        origin = time.perf_counter()  # wall time of tick 0 (real time)
+        k = 0
+        while tick < n_periods:
             if stop is not None and stop.is_set():
                 break
+            tick_wall = origin + tick * period
+            remaining = n_periods - tick
+            t_before = state.t
             llm_records: list[dict[str, Any]] = []
             waited = 0.0
             if self.worker is not None:
@@ -206,29 +249,44 @@ class ControlLoop:
             if self.worker is not None:
                 llm_records = self._act_on_outcomes(k, state)
             result = self.mpc.step(state)
-            state = self.sim.step(result.command, period)
+            # Periods that ended before the command was ready: the car holds the command in force.
+            late = time.perf_counter() - tick_wall if cfg.realtime else (cfg.step_cost or 0.0)
+            held = min(periods_spanned(late, period) - 1, remaining)
+            if held:
+                state = self.sim.step(self.in_force, held * period)
+            if held < remaining:
+                state = self.sim.step(result.command, period)
+                self.in_force = result.command
             exec_time = time.perf_counter() - t0
-            overrun = exec_time > period
-            dropped_now = 0
+            # Ticks the step used up; the car keeps the command in force through any it skipped.
             if cfg.realtime:
-                now = time.perf_counter()
-                if now > next_deadline:
-                    dropped_now = int((now - next_deadline) // period)
-                    next_deadline += (dropped_now + 1) * period
-                else:
-                    time.sleep(next_deadline - now)
-                    next_deadline += period
+                spanned = periods_spanned(time.perf_counter() - tick_wall, period)
+            else:
+                spanned = periods_spanned(cfg.step_cost, period) if cfg.step_cost is not None else 1
+            spanned = min(max(spanned, held + 1), remaining)
+            extra = spanned - min(held + 1, remaining)
+            if extra > 0:
+                state = self.sim.step(self.in_force, extra * period)
+            overrun = spanned > 1 if (cfg.realtime or cfg.step_cost is not None) else exec_time > period
+            dropped_now = spanned - 1
+            tick += spanned
+            if cfg.realtime:
+                delay = origin + tick * period - time.perf_counter()
+                if delay > 0:
+                    time.sleep(delay)
             self.steps += 1
             self.overruns += int(overrun)
             self.dropped += dropped_now
+            self.held_time += held * period
             self.exec_times.append(exec_time)
             self.solve_times.append(result.solve_time)
             self.sim_time = state.t
             if self.windows:
-                self.windows[-1].add(state)
+                self.windows[-1].add(state, spanned)
             record = {
                 "type": "control", "step": k, "sim_time": state.t, "wall_time": time.time(),
                 "exec_time": exec_time, "overrun": overrun, "dropped": dropped_now,
+                "sim_advance": state.t - t_before, "held": held * period,
                 "param_age": state.t - self._params_since, "param_call": self._params_call,
                 "window": self._window if self._window >= 0 else None,
                 "mpc_ok": result.ok, "mpc_status": result.status,
@@ -246,6 +304,7 @@ class ControlLoop:
                     self.log.write(llm_record)
                 self.log.write(record)
             self.last_state = state
+            k += 1
             if state.crashed:
                 break
         return state
@@ -257,7 +316,8 @@ class ControlLoop:
             "steps": self.steps, "rate_hz": self.config.rate_hz, "realtime": self.config.realtime,
             "sim_time": state.t, "exec_time": latency_summary(self.exec_times, self.config.warmup_steps),
             "mpc_solve_time": latency_summary(self.solve_times, self.config.warmup_steps),
-            "overruns": self.overruns, "dropped_steps": self.dropped, "mpc_failures": self.mpc.failures,
+            "overruns": self.overruns, "dropped_steps": self.dropped, "held_time": self.held_time,
+            "step_cost": self.config.step_cost, "mpc_failures": self.mpc.failures,
             "crashed": state.crashed, "laps": state.progress / self.sim.track.length,
             "rss": rss, "peak_rss": max(peak, self.peak_rss),
             "llm_blocking": self.llm_blocking if self.worker is not None else None,

@@ -19,7 +19,8 @@ runs over the same steps from the same start state:
 
 * live: the recorded states of the window (the parameters in use: the previous set until the
   LLM's answer applies, then the answer's set -- exactly what the car did);
-* baseline: the same number of control steps re-simulated with the *default* parameters, from a
+* baseline: the window's sim time re-simulated (one on-time step per control period: a late
+  live controller's lost periods count against the live run) with the *default* parameters, from a
   :meth:`~edge_runtime.sim.track_sim.TrackSimulator.snapshot` of the simulator taken at the
   window's first step, in a fresh simulator of the same track and configuration, with a fresh
   (cold-started) MPC at the same rate and horizon. The live MPC was warm-started from the
@@ -210,6 +211,7 @@ class WindowTrace:
     crashed: bool = False
     progress0: float = 0.0  # sim progress at the window start
     progress1: float = 0.0  # ... at its last step
+    periods: int = 0  # control periods the window's steps spanned (more than its steps when some were late)
 
     @classmethod
     def start(cls, index: int, instruction: Instruction, scheduled_t: float, step: int, state: Any,
@@ -217,7 +219,8 @@ class WindowTrace:
         return cls(index, instruction, scheduled_t, state.t, step, snapshot, [], [], [], [], [], [],
                    progress0=state.progress, progress1=state.progress)
 
-    def add(self, state: Any) -> None:
+    def add(self, state: Any, periods: int = 1) -> None:
+        self.periods += periods
         self.t.append(state.t); self.s.append(state.s); self.d.append(state.d); self.v.append(state.v)
         self.ax.append(state.ax); self.ay.append(state.ay)
         self.crashed = self.crashed or state.crashed
@@ -242,7 +245,7 @@ def _baseline(window: WindowTrace, make_sim, mpc_config: MPCConfig, racing, peri
         progress0 = state.progress
         mpc = FrenetMPC(sim.track, DEFAULT_PARAMS, mpc_config)
         cols = ([], [], [], [], [], [])
-        for _ in range(len(window)):
+        for _ in range(window.periods):  # an on-time controller over the window's whole sim time
             state = sim.step(mpc.step(state).command, period)
             for col, value in zip(cols, (state.t, state.s, state.d, state.v, state.ax, state.ay)):
                 col.append(value)

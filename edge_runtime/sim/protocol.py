@@ -64,7 +64,10 @@ class Simulator(Protocol):
     def reset(self, seed: int | None = None) -> VehicleState: ...
 
     def step(self, command: ControlCommand, duration: float) -> VehicleState:
-        """Hold ``command`` for ``duration`` seconds of simulated time; return the new state."""
+        """Hold ``command`` for ``duration`` seconds of simulated time; return the new state.
+
+        ``duration`` may span several control periods: a control loop whose controller is late
+        holds the command in force through the periods it missed, as a vehicle's actuators do."""
         ...
 
     def state(self) -> VehicleState: ...
