@@ -183,3 +183,13 @@ def test_worker_fit_check(files):
     with pytest.raises(PromptDoesNotFit, match="^here: the prompt of this instruction takes"):
         worker.check_prompts_fit([("here", long)])
     LLMWorker(OnnxGenerator(files["concat"])).check_prompts_fit([("here", long)])  # no capacity: nothing to check
+
+
+def test_edge_eval_refuses_prompts_that_cannot_fit_before_generating(files, capsys, monkeypatch):
+    """Before: the first prompt's ValueError escaped edge-eval as a traceback."""
+    generated = []
+    monkeypatch.setattr(OnnxGenerator, "generate", lambda self, *a, **k: generated.append(a))
+    assert edge_eval(["--model", str(files["shared512"]), "--task", "mpc"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("edge-eval: error: shared512.onnx:") and "capacity 512" in err, err
+    assert generated == []

@@ -78,9 +78,9 @@ from ..contracts.generation import Generation
 from .graph_check import check_graph_against_spec
 from .model_file import META, ModelLoadError, json_field, one_line, open_session, read_metadata
 from .providers import ProviderConfig, provider_names, resolve_providers
-from .step_api import GenerationResult
+from .step_api import GenerationResult, KVCapacityError
 
-__all__ = ["DecodeState", "OnnxGenerator", "OnnxPolicy"]
+__all__ = ["DecodeState", "KVCapacityError", "OnnxGenerator", "OnnxPolicy"]
 
 _GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
 _NP_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
@@ -203,7 +203,7 @@ class OnnxGenerator:
         """ValueError when a prompt of ``prompt_tokens`` plus ``max_new_tokens`` cannot fit the
         shared KV cache (the last token is never fed back, hence the -1); no-op for concat files."""
         if self.kv_capacity is not None and prompt_tokens + max_new_tokens - 1 > self.kv_capacity:
-            raise ValueError(f"{self.path.name}: a {prompt_tokens}-token prompt plus {max_new_tokens} new tokens "
+            raise KVCapacityError(f"{self.path.name}: a {prompt_tokens}-token prompt plus {max_new_tokens} new tokens "
                              f"exceed the KV cache capacity {self.kv_capacity}; shorten the prompt, lower "
                              f"max_new_tokens or re-export with a larger --kv-capacity")
 
@@ -374,6 +374,11 @@ class OnnxPolicy:
         self.last_results: list[GenerationResult] = []
 
     def generate(self, prompts: Sequence[str], max_new_tokens: int) -> list[Generation]:
+        """Completions of ``prompts``; with a shared KV cache every prompt is checked to fit first
+        (KVCapacityError), so that a batch that cannot run fails before its first generation."""
+        if self.generator.kv_capacity is not None:
+            for prompt in prompts:
+                self.generator.check_fits(len(self.generator.encode(prompt)), max_new_tokens)
         self.last_results = [self.generator.generate(p, max_new_tokens) for p in prompts]
         return [Generation(r.text, prompt_tokens=r.prompt_tokens, emitted_tokens=r.emitted_tokens)
                 for r in self.last_results]

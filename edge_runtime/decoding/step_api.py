@@ -18,7 +18,12 @@ from typing import Any, Protocol
 
 import numpy as np
 
-__all__ = ["DecodeSession", "GenerationResult", "StepDecoder"]
+__all__ = ["DecodeSession", "GenerationResult", "KVCapacityError", "StepDecoder"]
+
+
+class KVCapacityError(ValueError):
+    """A prompt plus its token budget cannot fit a fixed-capacity KV cache (``check_fits``; one line,
+    raised before the graph runs)."""
 
 
 @dataclass(frozen=True)
@@ -68,4 +73,6 @@ class StepDecoder(Protocol):
 
     def decode(self, token_ids: Sequence[int]) -> str: ...
 
-    def check_fits(self, prompt_tokens: int, max_new_tokens: int) -> None: ...
+    def check_fits(self, prompt_tokens: int, max_new_tokens: int) -> None:
+        """KVCapacityError when the prompt plus ``max_new_tokens`` cannot fit the cache."""
+        ...

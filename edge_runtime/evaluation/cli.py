@@ -17,6 +17,7 @@ import os
 import sys
 from pathlib import Path
 
+from ..decoding.step_api import KVCapacityError
 from ..sim.tracks import SPLIT_TRACKS, load_track, split_track
 from ..tasks.oracle_table import OracleTable, default_table_path
 from .report import EvalSettings, evaluate_decision, evaluate_mpc, format_report
@@ -84,12 +85,19 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, OSError) as exc:
         print(f"edge-eval: error: {exc}", file=sys.stderr)
         return 2
+    # An ONNX file's parameter count is its arch spec's, which the load checked against every weight
+    # matrix of the graph (edge_runtime.decoding.graph_check): a file whose metadata claims another model
+    # never gets this far.
     report = {"model": args.model, "parameters": policy.parameter_count(), "file_size": policy.file_size(),
               "constrained": bool(args.constrained)}
-    if args.task in ("mpc", "both"):
-        report["mpc"] = evaluate_mpc(policy, settings, oracle)
-    if args.task in ("decision", "both"):
-        report["decision"] = evaluate_decision(policy, settings)
+    try:
+        if args.task in ("mpc", "both"):
+            report["mpc"] = evaluate_mpc(policy, settings, oracle)
+        if args.task in ("decision", "both"):
+            report["decision"] = evaluate_decision(policy, settings)
+    except KVCapacityError as exc:  # a task's prompts checked before its first generation
+        print(f"edge-eval: error: {exc}", file=sys.stderr)
+        return 2
     print(format_report(report))
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
