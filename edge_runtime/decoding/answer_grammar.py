@@ -5,6 +5,21 @@ knows the length of the shortest completion of every state (:meth:`AnswerGrammar
 characters a state fixes (:meth:`AnswerGrammar.forced_text`). The grammars themselves -- what
 an MPC and a decision answer may look like -- are described in ``edge_runtime.decoding.constrained``,
 which lays them over a tokenizer's vocabulary.
+
+**Tags as symbols or as text.** Our from-scratch tokenizers have ``<answer>`` and ``</answer>`` as
+single tokens; there the tags are *symbols* (:meth:`AnswerGrammar.step_symbol`), like EOS. A
+pretrained tokenizer spells them with several ordinary tokens (``<`` ``answer`` ``>``), so with
+``tags_as_text=True`` the tags are *literal text* instead: the states that expected a tag symbol
+(``("TO",)`` after the reason's newline, ``("TC",)`` after ``}``, the completed decision word)
+become ``("L", tag, next)`` literals, stepped character by character like ``{"`` or ``": ``, and
+:meth:`~AnswerGrammar.cost` / :meth:`~AnswerGrammar.forced_text` count the tag's characters
+instead of 1 symbol, so the token budget still holds (one character is at most one token). Only
+the very start is new: ``<`` there may begin the optional reason (``< 50 needed``) or the opening
+tag, so ``("RO", prefix)`` tracks a start that is still a prefix of ``<answer>``: completing the
+tag enters the answer, any other character continues it as a reason line (which, as in symbol
+mode, may never contain a tag's text). EOS is always a symbol (the tokenizer's end token, e.g.
+ChatML's ``<|im_end|>``). With ``tags_as_text=False`` every state and transition is exactly the
+symbol grammar.
 """
 
 from __future__ import annotations
@@ -151,12 +166,15 @@ def _completion_len(p: str, lo: int, hi: int, int_digits: int) -> int:
 # States are hashable tuples (the token-level caches key on them):
 #   ("R", n, tail)          reason line, n characters so far, ``tail``: its longest suffix that begins a tag
 #                           (("R", 0, "") is the start of every answer)
-#   ("TO",)                 expects <answer>
+#   ("RO", prefix)          tags_as_text only: the answer so far is ``prefix``, a proper prefix of
+#                           <answer>: the opening tag or the start of a reason line
+#   ("TO",)                 expects the <answer> symbol (tags_as_text: ("L", "<answer>", ...) instead)
 #   ("L", text, next)       the literal ``text`` must follow, then state ``next``
 #   ("K", used, k)          inside a key, ``k`` typed so far; used = ((name, value), ...)
 #   ("N", used, name, p)    the number of ``name``, prefix ``p`` so far
 #   ("W", w)                decision word, ``w`` typed so far
-#   ("TC",)                 expects </answer>      ("E",): expects EOS      ("DONE",)
+#   ("TC",)                 expects the </answer> symbol (tags_as_text: ("L", "</answer>", ("E",)))
+#   ("E",): expects EOS      ("DONE",)
 State = tuple
 
 
@@ -164,7 +182,8 @@ class AnswerGrammar:
     """Character-level automaton of one task's answer (see the module docstring)."""
 
     def __init__(self, task: str, numbers: Sequence[NumberSpec] = (), key_order: str = "canonical",
-                 max_reason_chars: int = 160, words: Sequence[str] = ("True", "False")) -> None:
+                 max_reason_chars: int = 160, words: Sequence[str] = ("True", "False"),
+                 tags_as_text: bool = False) -> None:
         if task not in TASKS:
             raise ValueError(f"unknown task {task!r}: use one of {', '.join(TASKS)}")
         if key_order not in ("canonical", "any"):
@@ -179,15 +198,29 @@ class AnswerGrammar:
         self.key_order = key_order
         self.max_reason_chars = int(max_reason_chars)
         self.words = tuple(words)
+        self.tags_as_text = bool(tags_as_text)
+        self._options = dict(numbers=tuple(numbers), key_order=key_order, max_reason_chars=self.max_reason_chars,
+                             words=self.words)
         self.start: State = ("R", 0, "")
         self._after_open: State = ("L", '{"', ("K", (), "")) if task == "mpc" else ("W", "")
+        # where a tag is expected: a symbol state, or its literal text
+        self._open: State = ("L", ANSWER_OPEN, self._after_open) if self.tags_as_text else ("TO",)
+        self._close: State = ("L", ANSWER_CLOSE, ("E",)) if self.tags_as_text else ("TC",)
         self._pairs = (("v_min", "v_max"),) if {"v_min", "v_max"} <= set(self.numbers) else ()
         self._cost: dict[State, int] = {}
         longest = max((len(n) for n in self.order), default=0)
         digits = max((n.int_digits for n in numbers), default=0)
         #: an upper bound of cost() over every state (reason: "\n<answer>{\"" + key + '": ' + number + "}</answer>" EOS)
         self.cost_bound = 2 + 2 + longest + 3 + (digits + 5) + 3 + 2 + max((len(w) for w in self.words), default=0)
+        if self.tags_as_text:  # each tag counts its characters instead of 1
+            self.cost_bound += len(ANSWER_OPEN) - 1 + len(ANSWER_CLOSE) - 1
         self._available: dict[tuple, tuple[str, ...]] = {}
+
+    def with_tags_as_text(self, tags_as_text: bool) -> AnswerGrammar:
+        """This grammar with the tags as text (True) or as symbols (False); ``self`` if it already is."""
+        if bool(tags_as_text) == self.tags_as_text:
+            return self
+        return AnswerGrammar(self.task, tags_as_text=tags_as_text, **self._options)
 
     # -- helpers
     def available(self, used: tuple) -> tuple[str, ...]:
@@ -226,7 +259,9 @@ class AnswerGrammar:
         if kind == "R":
             n = s[1]
             if c == "\n":
-                return ("TO",) if n >= 1 else None
+                return self._open if n >= 1 else None
+            if n == 0 and self.tags_as_text and ANSWER_OPEN.startswith(c):
+                return ("RO", c)  # the opening tag, or a reason that starts like it
             if ord(c) < 32 or c in "\x7f\u2028\u2029" or n >= self.max_reason_chars:
                 return None
             tail = s[2] + c
@@ -238,6 +273,15 @@ class AnswerGrammar:
         if kind == "L":
             text = s[1]
             return self._lit(text[1:], s[2]) if c == text[0] else None
+        if kind == "RO":
+            q = s[1] + c
+            if q == ANSWER_OPEN:
+                return self._after_open
+            if ANSWER_OPEN.startswith(q):
+                return ("RO", q)
+            if len(s[1]) > self.max_reason_chars:
+                return None
+            return self.step_char(("R", len(s[1]), s[1]), c)  # it was the start of a reason line
         if kind == "K":
             used, k = s[1], s[2]
             avail = self.available(used)
@@ -253,17 +297,23 @@ class AnswerGrammar:
                     return None
                 used2 = used + ((name, _value(p)),)
                 if c == "}":
-                    return ("TC",)
+                    return self._close
                 return ("L", ' "', ("K", used2, "")) if self.available(used2) else None
             q = _num_step(p, c, lo, hi, self.numbers[name].int_digits)
             return ("N", used, name, q) if q is not None else None
         if kind == "W":
             q = s[1] + c
-            return ("W", q) if any(w.startswith(q) for w in self.words) else None
+            if any(w.startswith(q) for w in self.words):
+                return ("W", q)
+            if self.tags_as_text and s[1] in self.words:
+                return self.step_char(self._close, c)
+            return None
         return None
 
     def step_symbol(self, s: State, sym: str) -> State | None:
         kind = s[0]
+        if self.tags_as_text and sym in (OPEN, CLOSE):
+            return None  # the tags are text here
         if sym == OPEN and (s == self.start or kind == "TO"):
             return self._after_open
         if sym == CLOSE and (kind == "TC" or (kind == "W" and s[1] in self.words)):
@@ -300,16 +350,19 @@ class AnswerGrammar:
         if kind == "TO":
             return 1 + self.cost(self._after_open)
         if kind == "R":
-            return (1 if s[1] == 0 else 2) + self.cost(self._after_open)
+            return (0 if s[1] == 0 else 1) + self.cost(self._open)  # [newline] tag
+        if kind == "RO":  # finishing the tag is shorter than any reason line
+            return len(ANSWER_OPEN) - len(s[1]) + self.cost(self._after_open)
         if kind == "W":
-            return min(len(w) - len(s[1]) for w in self.words if w.startswith(s[1])) + 2
+            return min(len(w) - len(s[1]) for w in self.words if w.startswith(s[1])) + self.cost(self._close)
         if kind == "K":
             used, k = s[1], s[2]
             best = None
             for name in self.available(used):
                 if name.startswith(k):
                     lo, hi = self.value_range(used, name)
-                    c = len(name) - len(k) + 3 + _completion_len("", lo, hi, self.numbers[name].int_digits) + 3
+                    c = (len(name) - len(k) + 3 + _completion_len("", lo, hi, self.numbers[name].int_digits)
+                         + 1 + self.cost(self._close))
                     best = c if best is None else min(best, c)
             if best is None:
                 raise ValueError(f"grammar state {s!r} has no completion")
@@ -317,7 +370,7 @@ class AnswerGrammar:
         if kind == "N":
             used, name, p = s[1], s[2], s[3]
             lo, hi = self.value_range(used, name)
-            return _completion_len(p, lo, hi, self.numbers[name].int_digits) + 3
+            return _completion_len(p, lo, hi, self.numbers[name].int_digits) + 1 + self.cost(self._close)
         raise ValueError(f"unknown grammar state {s!r}")
 
     def forced_text(self, s: State) -> str:

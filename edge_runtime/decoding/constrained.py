@@ -34,9 +34,19 @@ as is the greedy loop, so it needs nothing private of the generator and does not
   that one is already written, else by the other's *default* (v_min 1, v_max 5). So every
   closed object is consistent after the parser fills in defaults; the one thing it rules out is
   a v_max below 1 m/s *before* v_min (write v_min first -- the canonical order does).
-* The tags and EOS are single tokens (``<answer>``, ``</answer>``, ``<|endoftext|>``) and are
-  only ever allowed as those tokens, never spelled out of pieces. Whitespace is canonical
-  (``", "``, ``": "``), exactly as ``format_mpc_answer`` writes it.
+* EOS is the generator's end token (``<|endoftext|>`` for our presets, ``<|im_end|>`` for a
+  ChatML model) and is only ever allowed as that token. Whitespace is canonical (``", "``,
+  ``": "``), exactly as ``format_mpc_answer`` writes it.
+* The tags: where the tokenizer has both ``<answer>`` and ``</answer>`` as single tokens (our
+  from-scratch tokenizers), they are grammar *symbols* and only ever allowed as those tokens,
+  never spelled out of pieces. Where it has not (a pretrained tokenizer such as SmolLM2's writes
+  ``<`` ``answer`` ``>``), :class:`TokenConstraint` switches its grammar to
+  ``tags_as_text=True`` (``answer_grammar``): the tags are then literal text, matched character
+  by character through the same vocabulary trie as ``{"`` or ``": ``, forced like any fixed text,
+  and counted by the budget in characters; a tag token the tokenizer does have is then just one
+  more way to spell it. The choice is made per tokenizer, so the tiny models' constrained
+  results are those of the symbol grammar, unchanged. Added / special tokens (``<|im_start|>``,
+  ``<|endoftext|>``, pad, ...) other than EOS are never allowed.
 
 Every text the grammar accepts parses with ``parse_mpc_answer`` / ``parse_decision_answer``
 (tests/test_constrained.py checks it with random weights and sampling).
@@ -127,27 +137,35 @@ class _Node:
 class TokenConstraint:
     """An :class:`AnswerGrammar` over a tokenizer's vocabulary: allowed-token masks and forced tokens.
 
-    ``tokenizer``: a ``tokenizers.Tokenizer``; ``eos_id``: the end-of-sequence token. Masks and
-    transitions are cached per grammar state (the caches live as long as this object)."""
+    ``tokenizer``: a ``tokenizers.Tokenizer``; ``eos_id``: the end-of-sequence token. The tags are
+    symbols when the tokenizer has both as single tokens, else text: ``self.grammar`` is
+    ``grammar`` with ``tags_as_text`` set accordingly (see the module docstring). Masks and
+    transitions are cached per grammar state (the caches live as long as this object).
+    ValueError (one line) when the tokenizer cannot express the grammar."""
 
     def __init__(self, grammar: AnswerGrammar, tokenizer: Any, eos_id: int, cache_limit: int = 200_000) -> None:
-        self.grammar = grammar
         self.tokenizer = tokenizer
         self.eos_id = int(eos_id)
         vocab = tokenizer.get_vocab_size()
+        if not 0 <= self.eos_id < vocab:
+            raise ValueError(f"the EOS id {self.eos_id} is not a token of the tokenizer (vocabulary {vocab})")
+        tag_ids = {text: tokenizer.token_to_id(text) for text in (ANSWER_OPEN, ANSWER_CLOSE)}
+        tags_as_text = any(tid is None for tid in tag_ids.values())
+        self.grammar = grammar = grammar.with_tags_as_text(tags_as_text)
         self.texts: list[str | None] = [None] * vocab
         self.symbols: dict[int, str] = {self.eos_id: EOS}
-        for sym, text in ((OPEN, ANSWER_OPEN), (CLOSE, ANSWER_CLOSE)):
-            tid = tokenizer.token_to_id(text)
-            if tid is None:
-                raise ValueError(f"the tokenizer has no {text!r} token: constrained decoding needs the answer tags "
-                                 "as single tokens")
-            self.symbols[int(tid)] = sym
-        added = {int(i) for i in getattr(tokenizer, "get_added_tokens_decoder", dict)()}
+        if not tags_as_text:
+            self.symbols[int(tag_ids[ANSWER_OPEN])] = OPEN
+            self.symbols[int(tag_ids[ANSWER_CLOSE])] = CLOSE
+        if self.eos_id in tag_ids.values():
+            raise ValueError(f"the EOS id {self.eos_id} is an answer tag's token; pass the tokenizer's end token")
+        # a tag token the tokenizer has is one more spelling of the tag when the tags are text
+        tag_tokens = {int(t) for t in tag_ids.values() if t is not None} if tags_as_text else set()
+        added = {int(i) for i in getattr(tokenizer, "get_added_tokens_decoder", dict)()} - tag_tokens
         self.root = _Node()
         for tid in range(vocab):
             if tid in self.symbols or tid in added:
-                continue  # tags / EOS only as symbols; pad and other added tokens never
+                continue  # tags (as symbols) / EOS only as symbols; pad and other added tokens never
             text = tokenizer.decode([tid], skip_special_tokens=False)
             if not text or "\ufffd" in text:
                 continue  # byte fragments of a multi-byte character
@@ -156,6 +174,10 @@ class TokenConstraint:
             for c in text:
                 node = node.children.setdefault(c, _Node())
             node.ids.append(tid)
+        for tag in (ANSWER_OPEN, ANSWER_CLOSE) if tags_as_text else ():
+            if not self._spellable(tag):
+                raise ValueError(f"the tokenizer cannot spell {tag!r} with its ordinary tokens: constrained decoding "
+                                 "needs the answer tags as single tokens or as text")
         self._cache: dict[tuple, tuple[np.ndarray, int | None]] = {}
         self._advance: dict[tuple, State | None] = {}
         self._encoded: dict[str, list[int]] = {}
@@ -163,6 +185,20 @@ class TokenConstraint:
         self._cap = max(_BUDGET_CAP, grammar.cost_bound + 2)
         # reason states 1 <= n <= _reason_same have the same mask (no token reaches the length limit)
         self._reason_same = grammar.max_reason_chars - max((len(t) for t in self.texts if t), default=0)
+
+    def _spellable(self, text: str) -> bool:
+        """Some sequence of allowed tokens writes exactly ``text``."""
+        reach = [False] * (len(text) + 1)
+        reach[0] = True
+        for i in range(len(text)):
+            node = self.root if reach[i] else None
+            j = i
+            while node is not None and j < len(text):
+                node = node.children.get(text[j])
+                j += 1
+                if node is not None and node.ids:
+                    reach[j] = True
+        return reach[-1]
 
     def _budget_key(self, remaining: int | None) -> int:
         return self._cap if remaining is None or remaining >= self._cap else int(remaining)

@@ -159,6 +159,15 @@ class OnnxGenerator:
         self._kv_buffers: list[ort.OrtValue] | None = None  # shared layout: allocated on first use
         self._owner = 0  # shared layout: the id of the DecodeState that holds the buffers (see start())
         self._last_state_id = 0
+        if self.constrained:  # refuse at load, in one line, a model the grammar cannot be laid over
+            from . import constrained as cd
+
+            try:
+                for task in cd.TASKS:
+                    cd.constraint_for(self, task)
+            except ValueError as exc:
+                raise ModelLoadError(f"{path}: constrained decoding cannot be used with this model: "
+                                     f"{one_line(exc, 200)}") from None
 
     # ------------------------------------------------------------------ graph
     def _check_graph(self) -> None:
