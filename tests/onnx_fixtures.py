@@ -73,3 +73,16 @@ def with_metadata(src: str | Path, dst: str | Path, edit: Callable[[dict[str, st
         entry.key, entry.value = key, value
     onnx.save(proto, str(dst))
     return Path(dst)
+
+
+def vocab_tables(path: str | Path) -> int:
+    """How many vocab x hidden matrices (either orientation) the file stores as initialisers: 1 for
+    a tied model (embedding and LM head share the table), 2 for an untied one."""
+    import json
+
+    import onnx
+
+    model = onnx.load(str(path))
+    spec = json.loads(next(p.value for p in model.metadata_props if p.key == "edge_runtime.arch_spec"))
+    want = sorted([spec["vocab_size"], spec["hidden_size"]])
+    return sum(sorted(i.dims) == want for i in model.graph.initializer)

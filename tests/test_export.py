@@ -14,6 +14,8 @@ torch = pytest.importorskip("torch")
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 
+from onnx_fixtures import vocab_tables
+
 from edge_runtime.control.params import PARAM_NAMES
 from edge_runtime.export import cli
 from edge_runtime.export.errors import ExportError
@@ -229,6 +231,15 @@ def test_fp32_parity(which, request):
     assert report.n_prompts == 3 and report.identical_answers == 3
     assert report.max_abs_logit_diff < TOLERANCES["fp32"].atol
     assert all(d["identical"] and d["logits_ok"] for d in report.details)
+    assert vocab_tables(path) == 1  # tied: the LM head reads the embedding table, stored once
+
+
+def test_tied_table_is_stored_once_in_the_traced_graph(dense_fp32):
+    proto = onnx.load(str(dense_fp32))
+    head = next(n for n in proto.graph.node if n.op_type == "MatMul" and "logits" in n.output)
+    (transpose,) = [n for n in proto.graph.node if n.output[0] == head.input[1]]
+    gather = next(n for n in proto.graph.node if n.op_type == "Gather" and n.input[0] == transpose.input[0])
+    assert transpose.op_type == "Transpose" and gather.input[0] in {i.name for i in proto.graph.initializer}
 
 
 @pytest.fixture(scope="module")
@@ -251,6 +262,7 @@ def test_llama_nonuniform_untied_parity(llama_dir, workdir):
     assert spec.family == "llama" and not spec.tie_word_embeddings and not spec.is_uniform
     report = check_parity(model_dir, path, validation_prompts(2), max_new_tokens=16)
     assert report.ok and report.identical_answers == 2, report.summary()
+    assert vocab_tables(path) == 2  # untied: the LM head keeps its own matrix
 
 
 def test_fp16_parity_and_size(pruned_dir, pruned_fp16, pruned_fp32):
@@ -260,6 +272,7 @@ def test_fp16_parity_and_size(pruned_dir, pruned_fp16, pruned_fp32):
     assert report.max_abs_logit_diff <= report.logit_tolerance
     assert report.identical_answers + report.near_ties == report.n_prompts
     assert pruned_fp16.stat().st_size <= 0.55 * pruned_fp32.stat().st_size
+    assert vocab_tables(pruned_fp16) == 1
 
 
 def test_parity_fails_for_other_weights(dense_fp32, workdir, tokenizer_path, vocab):

@@ -19,7 +19,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 torch = pytest.importorskip("torch")
 onnx = pytest.importorskip("onnx")
 
-from onnx_fixtures import build_tiny_model_dir, with_metadata
+from onnx_fixtures import build_tiny_model_dir, vocab_tables, with_metadata
 
 from edge_runtime.decoding.generator import OnnxGenerator, OnnxPolicy
 from edge_runtime.decoding.model_file import ModelLoadError
@@ -113,6 +113,34 @@ def test_quantized_files_pass_and_their_tampered_metadata_does_not(files, tmp_pa
         with pytest.raises(ModelLoadError) as exc:
             OnnxGenerator(bad)
         one_line(exc, "weight matrices")
+
+
+def _with_own_head_matrix(src: Path, dst: Path) -> Path:
+    """``src`` as exported before a tied table was stored once: the LM head has its own matrix."""
+    from onnx import numpy_helper
+
+    proto = onnx.load(str(src))
+    inits = {i.name: i for i in proto.graph.initializer}
+    (transpose,) = [n for n in proto.graph.node if n.op_type == "Transpose" and n.input[0] in inits]
+    table = numpy_helper.to_array(inits[transpose.input[0]])
+    proto.graph.initializer.append(numpy_helper.from_array(table.T.copy(), transpose.output[0]))
+    proto.graph.node.remove(transpose)
+    onnx.save(proto, str(dst))
+    return dst
+
+
+@pytest.mark.parametrize("layout", ["concat", "shared"])
+def test_a_tied_spec_accepts_either_lm_head_layout_and_an_untied_spec_needs_its_own(files, tmp_path, layout):
+    assert OnnxGenerator(files[layout]).spec.tie_word_embeddings
+    assert vocab_tables(files[layout]) == 1
+    own = _with_own_head_matrix(files[layout], tmp_path / "own.onnx")
+    assert vocab_tables(own) == 2
+    OnnxGenerator(own)  # tied, the LM head as its own matrix (older exports): accepted
+    OnnxGenerator(tampered(own, tmp_path / "own-untied.onnx", lambda s: s.update(tie_word_embeddings=False)))
+    bad = tampered(files[layout], tmp_path / "untied.onnx", lambda s: s.update(tie_word_embeddings=False))
+    with pytest.raises(ModelLoadError) as exc:
+        OnnxGenerator(bad)
+    one_line(exc, str(bad), "tie_word_embeddings false", "reads the embedding table")
 
 
 def test_graph_reader_agrees_with_onnx(files):

@@ -15,6 +15,8 @@ torch = pytest.importorskip("torch")
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 
+from onnx_fixtures import vocab_tables
+
 from edge_runtime.export import cli
 from edge_runtime.export.onnx_export import META_KEYS, export_onnx
 from edge_runtime.export.parity import TOLERANCES, check_parity, parity_variant
@@ -118,6 +120,9 @@ def test_parity_per_variant(models, variants, model, variant):
     assert report.max_abs_logit_diff <= report.logit_tolerance
     assert 0.0 < report.token_agreement <= 1.0
     assert report.ok == (report.token_agreement >= tol.min_token_agreement), report.summary()
+    # tied models: every variant stores the vocab x hidden table once (the LM head stays float and
+    # reads it, the quantizers leave a Transpose-fed MatMul alone)
+    assert vocab_tables(variants[model, variant]) == 1
     if variant == "fp32":
         assert report.ok and report.identical_answers == len(PROMPTS) and report.token_agreement == 1.0
         assert report.max_abs_logit_diff < 1e-3

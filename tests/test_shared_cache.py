@@ -16,7 +16,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 torch = pytest.importorskip("torch")
 onnx = pytest.importorskip("onnx")
 
-from onnx_fixtures import with_metadata
+from onnx_fixtures import vocab_tables, with_metadata
 # the dense and non-uniform pruned model directories (and their tokenizer) of the export tests
 from test_export import dense_dir, validation_prompts, llama_dir, pruned_dir, tokenizer_path, vocab, workdir  # noqa: F401
 
@@ -72,6 +72,7 @@ def test_parity_with_pytorch(which, request, workdir):
     report = check_parity(model_dir, path, validation_prompts(3), max_new_tokens=24)
     assert report.ok and report.identical_answers == 3, report.summary()
     assert report.max_abs_logit_diff < TOLERANCES["fp32"].atol
+    assert vocab_tables(path) == 1  # tied: the LM head reads Transpose(embed_tokens), stored once
 
 
 def test_same_tokens_and_logits_as_the_traced_graph(pruned_shared, pruned_concat):
@@ -147,6 +148,7 @@ def test_llama_untied_nonuniform(llama_dir, workdir):
     path = export_onnx(model_dir, workdir / "llama-shared.onnx", kv_cache="shared", capacity=CAPACITY)
     report = check_parity(model_dir, path, validation_prompts(2), max_new_tokens=16)
     assert report.ok and report.identical_answers == 2, report.summary()
+    assert vocab_tables(path) == 2  # untied: the LM head keeps its own matrix
 
 
 def test_unsupported_models_and_arguments(pruned_dir, workdir, vocab):

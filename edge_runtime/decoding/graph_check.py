@@ -24,9 +24,13 @@ and node attributes (:mod:`.onnx_graph`, no ``onnx`` package on the vehicle):
 Together these fix every matrix of the model, so the spec's parameter count is the graph's. Not
 checked: which layer a traced projection belongs to (its initialiser names are the exporter's, so a
 spec that swaps two layers' query-head counts with equal totals passes in the traced graph), the
-bias and norm vectors (the traced exporter folds identical ones into one initialiser) and
-``tie_word_embeddings`` (both layouts store the LM head as its own matrix); these only change
-the parameter count by vectors and, for tying, by one vocab x hidden matrix.
+bias and norm vectors (the traced exporter folds identical ones into one initialiser); these only
+change the parameter count by vectors.
+
+Tying: a tied spec accepts the LM head either as its own ``[hidden, vocab]`` matrix (files exported
+before the table was stored once) or as a MatMul by ``Transpose`` of the embedding table (the table
+stored once, ``export.tied_head``); an untied spec (``tie_word_embeddings`` false) requires its own
+matrix and refuses a head that reads the embedding table.
 """
 
 from __future__ import annotations
@@ -40,7 +44,7 @@ from ..contracts.arch_spec import ArchSpec
 from .model_file import ModelLoadError, one_line
 from .onnx_graph import GraphFacts, GraphReadError, read_graph_facts
 
-__all__ = ["check_graph_against_spec", "expected_weight_shapes", "weight_shapes"]
+__all__ = ["check_graph_against_spec", "expected_weight_shapes", "tied_heads", "weight_shapes"]
 
 _FIX = "re-export the model with edge-export"
 _PAST = re.compile(r"past_key_values\.(\d+)\.(key|value)$")
@@ -72,6 +76,17 @@ def weight_shapes(facts: GraphFacts) -> Counter[tuple[int, int]]:
         elif node.op_type == "MatMulNBits" and "K" in node.ints and "N" in node.ints:
             shapes[(node.ints["K"], node.ints["N"])] += 1
     return shapes
+
+
+def tied_heads(facts: GraphFacts) -> int:
+    """How many MatMuls multiply by a ``Transpose`` of a ``Gather``'s table: an LM head that reads
+    the tied embedding (stored once) instead of its own matrix."""
+    tables = {n.inputs[0] for n in facts.nodes if n.op_type == "Gather" and n.inputs
+              and n.inputs[0] in facts.initializers and len(facts.initializers[n.inputs[0]].dims) == 2}
+    transposed = {n.outputs[0] for n in facts.nodes if n.op_type == "Transpose" and n.inputs and n.outputs
+                  and n.inputs[0] in tables}
+    return sum(1 for n in facts.nodes if n.op_type in _WEIGHT_MATMULS and len(n.inputs) > 1
+               and n.inputs[1] in transposed)
 
 
 def _fmt(shapes: Counter[tuple[int, int]], limit: int = 4) -> str:
@@ -146,6 +161,12 @@ def _check_weights(where: str, facts: GraphFacts, spec: ArchSpec, layout: str) -
                     raise ModelLoadError(f"{where} says layer {i} has {want} {what} but the graph's attention has "
                                          f"{node.ints[attr]}; {_FIX}")
     want, have = expected_weight_shapes(spec, layout), weight_shapes(facts)
+    shared = tied_heads(facts)
+    if shared and not spec.tie_word_embeddings:
+        raise ModelLoadError(f"{where} says tie_word_embeddings false (an LM head of its own) but the graph's LM "
+                             f"head reads the embedding table; {_FIX}")
+    if shared:  # tied: the head is the table, stored once
+        have[(spec.hidden_size, spec.vocab_size)] += shared
     if want != have:
         raise ModelLoadError(f"{where} does not match the graph's weight matrices (query heads, MLP widths or vocab "
                              f"differ): the spec implies {_fmt(want - have)} that the graph lacks, the graph has "

@@ -56,6 +56,9 @@ silenced here). Should a torch release drop it, switch ``export_onnx`` to ``dyna
                                   shared-cache graph (``shared_cache_graph``); absent = this traced,
                                   concatenating layout
 
+**Tied embeddings.** A model with ``tie_word_embeddings`` stores its vocab x hidden table once:
+the LM head MatMul reads ``Transpose`` of the embedding initialiser (``tied_head``), not a copy.
+
 (a tokenizer of a few thousand tokens is well under 1 MB, so no sidecar file is needed).
 The file is written atomically (temp file next to it, then ``os.replace``). Weights are stored
 inside the file (no external data), which limits a model to protobuf's 2 GB -- about 500M
@@ -81,6 +84,7 @@ from ..contracts.arch_spec import ArchSpec
 from ..contracts.chat_format import ChatFormat, read_chat_format
 from ..control.params import PARAM_SPECS
 from .errors import ExportError
+from .tied_head import share_tied_table
 
 __all__ = [
     "DTYPES", "FORMAT_VERSION", "GENERATION_DEFAULTS", "META_KEYS", "answer_schema",
@@ -316,6 +320,8 @@ def export_onnx(model_dir: str | os.PathLike, out_path: str | os.PathLike, dtype
                 torch.onnx.export(wrapper, example, str(raw), dynamo=False, input_names=ins, output_names=outs,
                                   dynamic_axes=dynamic_axes, opset_version=opset, do_constant_folding=True)
             proto = onnx.load(str(raw))
+        if spec.tie_word_embeddings:
+            share_tied_table(proto)
         save_with_metadata(proto, metadata, tmp, out_path)
     except BaseException:
         tmp.unlink(missing_ok=True)

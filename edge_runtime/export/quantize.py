@@ -4,9 +4,11 @@
     edge-export models/dense -o models/dense-int4.onnx --quantize int4
 
 Only the projection MatMuls are quantized: every ``MatMul`` whose second input is a 2-D float
-initializer, i.e. q/k/v/o, gate/up/down and the LM head (in the shared-KV-cache graph q/k/v and
+initializer, i.e. q/k/v/o, gate/up/down and an untied LM head (in the shared-KV-cache graph q/k/v and
 gate/up are packed into one MatMul each; per-channel int8 scales and K-blocked int4 scales make
-the packing irrelevant to the result). The attention score MatMuls (two
+the packing irrelevant to the result). A tied LM head reads ``Transpose`` of the embedding table,
+which is stored once (``export.tied_head``), so it is not quantized: it stays float32, as the
+table does. The attention score MatMuls (two
 activations), the embedding ``Gather``, RMSNorm, RoPE and softmax stay float32, and so do the
 graph's inputs, outputs and KV cache (``edge_runtime.dtype`` stays ``"fp32"``: the runtime feeds
 and reads the same tensors as for the fp32 file).

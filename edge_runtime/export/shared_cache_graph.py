@@ -17,7 +17,7 @@ cache is a property of that operator, not of anything the PyTorch model computes
                                      total_seq, cos, sin; rotary inside, GQA ratio of layer i)
                    x  = x + a @ Wo_i
                    h  = RMSNorm(x) ; g, u = split(h @ [Wgate|Wup]_i) ; x = x + (silu(g) * u) @ Wdown_i
-    logits = RMSNorm(x) @ lm_head
+    logits = RMSNorm(x) @ lm_head          (tied: Transpose(embed), the table is stored once)
 
 I/O names are the contract's (design.md, "ONNX decoder"); what differs is the cache dimension:
 
@@ -109,8 +109,10 @@ def build_shared_cache_graph(model: Any, spec: ArchSpec, capacity: int = DEFAULT
     init("rotary.sin", sin)
     embed = state["model.embed_tokens.weight"]
     init("embed_tokens", embed)
-    lm_head = state.get("lm_head.weight", embed)
-    init("lm_head.T", lm_head.T)
+    if spec.tie_word_embeddings:  # the LM head reads the embedding table: stored once (tied_head)
+        node("Transpose", ["embed_tokens"], ["lm_head.T"], perm=[1, 0])
+    else:
+        init("lm_head.T", state["lm_head.weight"].T)
 
     # seqlens_k = total_seq - 1 per row; total_sequence_length = attention_mask's length
     init("one.i64", np.array([1], dtype=np.int64))
