@@ -6,9 +6,11 @@
 Only the projection MatMuls are quantized: every ``MatMul`` whose second input is a 2-D float
 initializer, i.e. q/k/v/o, gate/up/down and an untied LM head (in the shared-KV-cache graph q/k/v and
 gate/up are packed into one MatMul each; per-channel int8 scales and K-blocked int4 scales make
-the packing irrelevant to the result). A tied LM head reads ``Transpose`` of the embedding table,
-which is stored once (``export.tied_head``), so it is not quantized: it stays float32, as the
-table does. The attention score MatMuls (two
+the packing irrelevant to the result). A tied LM head reads ``Transpose`` of the embedding table in
+the float file (stored once, ``export.tied_head``); before quantizing it gets its own weight again
+(``unshare_tied_table``), so the largest MatMul of a small-vocabulary-heavy model is quantized too and
+decoding never reads the float table for the head -- the table is then stored twice, once float
+for the Gather and once quantized. The attention score MatMuls (two
 activations), the embedding ``Gather``, RMSNorm, RoPE and softmax stay float32, and so do the
 graph's inputs, outputs and KV cache (``edge_runtime.dtype`` stays ``"fp32"``: the runtime feeds
 and reads the same tensors as for the fp32 file).
@@ -238,6 +240,11 @@ def quantize_onnx(src: str | os.PathLike, dst: str | os.PathLike, config: Quanti
     if not src.is_file():
         raise QuantizeError(f"{src}: ONNX file not found")
     model = onnx.load(str(src))
+    from .tied_head import unshare_tied_table
+
+    # a tied LM head reads Transpose(embedding) in the float file; give it its own weight here so
+    # that the quantizer quantizes it (decoding reads the 4/8-bit copy, not the float table)
+    untied_head = unshare_tied_table(model) > 0
     props = {p.key: p.value for p in model.metadata_props}
     if META + "arch_spec" not in props:
         raise QuantizeError(f"{src}: not an edge_runtime export (no '{META}arch_spec' metadata); export it with "
@@ -264,7 +271,11 @@ def quantize_onnx(src: str | os.PathLike, dst: str | os.PathLike, config: Quanti
             try:
                 with _quiet():
                     if config.method == "dynamic":
-                        _run_dynamic(src, raw, config, names)
+                        dyn_src = src
+                        if untied_head:  # quantize_dynamic reads a file: the one with the head's own weight
+                            dyn_src = Path(td) / "untied_head.onnx"
+                            onnx.save(model, str(dyn_src))
+                        _run_dynamic(dyn_src, raw, config, names)
                     else:
                         _run_nbits(model, raw, config, names)
             except QuantizeError:

@@ -15,7 +15,7 @@ initializer, so a tied LM head stays float32 in quantized files (the table it sh
 
 from __future__ import annotations
 
-__all__ = ["share_tied_table"]
+__all__ = ["share_tied_table", "unshare_tied_table"]
 
 _FLOAT_TYPES = (1, 10)  # float, float16
 
@@ -66,3 +66,36 @@ def share_tied_table(proto) -> int:
     del graph.initializer[:]
     graph.initializer.extend(keep)
     return shared
+
+
+def unshare_tied_table(proto) -> int:
+    """The inverse of :func:`share_tied_table`: give every ``MatMul`` fed by a ``Transpose`` of a
+    ``Gather`` table its own transposed initialiser again. The quantizers only quantize a MatMul
+    whose weight is an initialiser, so a quantized file gets a quantized LM head (fast decoding)
+    at the price of the table stored twice, once quantized. Returns how many MatMuls were changed."""
+    from onnx import numpy_helper
+
+    graph = proto.graph
+    inits = {i.name: i for i in graph.initializer}
+    tables = {n.input[0] for n in graph.node if n.op_type == "Gather" and n.input and n.input[0] in inits}
+    transposed = {n.output[0]: n for n in graph.node
+                  if n.op_type == "Transpose" and n.input and n.input[0] in tables
+                  and len(inits[n.input[0]].dims) == 2 and list(n.attribute[0].ints if n.attribute else []) in ([1, 0], [])}
+    changed = 0
+    added: dict[str, str] = {}
+    for node in graph.node:
+        if node.op_type != "MatMul" or len(node.input) < 2 or node.input[1] not in transposed:
+            continue
+        table = transposed[node.input[1]].input[0]
+        if table not in added:
+            name = f"{table}.T.weight"
+            graph.initializer.append(numpy_helper.from_array(numpy_helper.to_array(inits[table]).T.copy(), name))
+            added[table] = name
+        node.input[1] = added[table]
+        changed += 1
+    if changed:
+        used = {name for n in graph.node for name in n.input} | {o.name for o in graph.output}
+        keep = [n for n in graph.node if not (n.output and n.output[0] in transposed and n.output[0] not in used)]
+        del graph.node[:]
+        graph.node.extend(keep)
+    return changed
