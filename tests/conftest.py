@@ -41,3 +41,22 @@ def centreline_command(track: Track, state: VehicleState, v_ref: float, k_d: flo
 @pytest.fixture
 def follow_centreline() -> Callable[..., ControlCommand]:
     return centreline_command
+
+
+@pytest.fixture(scope="session")
+def sft_examples():
+    """A small SFT set of both tasks from the default oracle table (training phrasings)."""
+    from edge_runtime.tasks.oracle_table import OracleTable
+    from edge_runtime.train.cli import DEFAULT_ORACLE_TABLE
+    from edge_runtime.train.sft_data import SFTDataConfig, build_sft_examples
+
+    table = OracleTable.load(DEFAULT_ORACLE_TABLE)
+    return build_sft_examples(table, SFTDataConfig(mpc_examples=40, decision_per_instruction=2, seed=0))
+
+
+@pytest.fixture(scope="session")
+def sft_tokenizer(sft_examples):
+    """A tiny tokenizer trained on ``sft_examples``."""
+    from edge_runtime.model.tokenizer import train_tokenizer
+
+    return train_tokenizer([e.prompt + e.answer for e in sft_examples], vocab_size=400)

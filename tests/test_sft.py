@@ -7,23 +7,18 @@ torch = pytest.importorskip("torch")
 from edge_runtime.model.build import build_model, preset_spec  # noqa: E402
 from edge_runtime.model.io import load_model, save_model  # noqa: E402
 from edge_runtime.model.spec import spec_from_model  # noqa: E402
-from edge_runtime.model.tokenizer import train_tokenizer  # noqa: E402
 from edge_runtime.tasks.answers import parse_mpc_answer  # noqa: E402
-from edge_runtime.tasks.oracle_table import OracleTable  # noqa: E402
 from edge_runtime.train.sft import OptimConfig, SFTTrainer, collate, encode_examples, lr_at  # noqa: E402
-from edge_runtime.train.sft_data import SFTDataConfig, build_sft_examples  # noqa: E402
-from edge_runtime.train.cli import DEFAULT_ORACLE_TABLE  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def examples():
-    table = OracleTable.load(DEFAULT_ORACLE_TABLE)
-    return build_sft_examples(table, SFTDataConfig(mpc_examples=40, decision_per_instruction=2, seed=0))
+def examples(sft_examples):
+    return sft_examples
 
 
 @pytest.fixture(scope="module")
-def tokenizer(examples):
-    return train_tokenizer([e.prompt + e.answer for e in examples], vocab_size=400)
+def tokenizer(sft_tokenizer):
+    return sft_tokenizer
 
 
 def test_sft_examples_are_valid_answers(examples):
