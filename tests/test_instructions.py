@@ -214,3 +214,14 @@ def test_training_phrasings_extend_the_curated_set_and_stay_disjoint():
         for p in train:  # every training phrasing is recognised as its own category
             text = p.format(v="2.5") if "{v}" in p else p
             assert classify_instruction(text).category is category, p
+
+
+def test_split_disjointness_check_catches_a_shared_phrasing():
+    from edge_runtime.tasks.instructions import check_splits_disjoint
+
+    table = {Category.SMOOTH: {"train": ("Drive smoothly.",), "validation": ("Be gentle.",),
+                               "test": ("drive   SMOOTHLY.",)}}
+    with pytest.raises(AssertionError, match="in both the train and the test split"):
+        check_splits_disjoint(table)
+    with pytest.raises(AssertionError, match="expected"):
+        check_splits_disjoint({Category.SMOOTH: {"train": ("a",)}})

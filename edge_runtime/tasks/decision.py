@@ -32,6 +32,7 @@ from ..sim.racing_line import RacingLine
 from ..sim.tracks import SPLIT_TRACKS, load_track, split_track
 from .behaviours import (Behaviour, BehaviourSpec, DriverGains, FrenetDriver, HistoryConfig, StateHistory,
                          sample_behaviour, simulate_history)
+from .instructions import check_splits_disjoint
 
 __all__ = [
     "DecisionInstruction", "SPLITS", "phrasings", "Behaviour", "BehaviourSpec", "sample_behaviour",
@@ -120,20 +121,7 @@ _PHRASINGS: dict[DecisionInstruction, dict[str, tuple[str, ...]]] = {
 }
 
 
-def _check_splits_disjoint() -> None:
-    owner: dict[str, str] = {}
-    for ins, splits in _PHRASINGS.items():
-        if set(splits) != set(SPLITS):
-            raise AssertionError(f"{ins.value}: phrasings for splits {sorted(splits)}, expected {SPLITS}")
-        for split, texts in splits.items():
-            for text in texts:
-                key = " ".join(text.lower().split())
-                if owner.setdefault(key, split) != split:
-                    raise AssertionError(f"decision phrasing {text!r} is in both the {owner[key]} "
-                                         f"and the {split} split")
-
-
-_check_splits_disjoint()
+check_splits_disjoint(_PHRASINGS, "decision phrasing")
 
 
 def phrasings(instruction: DecisionInstruction | str, split: str = "train") -> tuple[str, ...]:

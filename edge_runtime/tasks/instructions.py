@@ -258,21 +258,21 @@ def _norm(text: str) -> str:
     return " ".join(text.lower().split())
 
 
-def _check_splits_disjoint() -> None:
-    """No phrasing in two splits (across categories too): a score on validation or test must never
-    be a score on text the model was trained or tuned on."""
+def check_splits_disjoint(table: dict, what: str = "phrasing") -> None:
+    """No phrasing of ``table`` ({key: {split: phrasings}}) in two splits (across keys too): a score
+    on validation or test must never be a score on text the model was trained or tuned on."""
     owner: dict[str, str] = {}
-    for category, splits in _PHRASINGS.items():
+    for key, splits in table.items():
         if set(splits) != set(SPLITS):
-            raise AssertionError(f"{category.value}: phrasings for splits {sorted(splits)}, expected {SPLITS}")
+            raise AssertionError(f"{key.value}: phrasings for splits {sorted(splits)}, expected {SPLITS}")
         for split, texts in splits.items():
             for text in texts:
                 seen = owner.setdefault(_norm(text), split)
                 if seen != split:
-                    raise AssertionError(f"phrasing {text!r} is in both the {seen} and the {split} split")
+                    raise AssertionError(f"{what} {text!r} is in both the {seen} and the {split} split")
 
 
-_check_splits_disjoint()
+check_splits_disjoint(_PHRASINGS)
 
 
 @dataclass(frozen=True)
