@@ -221,3 +221,20 @@ def test_edge_eval_refuses_prompts_that_cannot_fit_before_generating(files, caps
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("edge-eval: error: shared512.onnx:") and "capacity 512" in err, err
     assert generated == []
+
+
+@pytest.mark.parametrize("layout", ["concat", "shared"])
+def test_a_quantized_embedding_is_checked_like_the_float_one(files, tmp_path, layout):
+    """int4: the Gather reads the LM head's 4-bit weight (GatherBlockQuantized). The file loads;
+    a spec with another hidden size or vocab, or an untied spec, is one line naming the file."""
+    q = tmp_path / "int4.onnx"
+    quantize_onnx(files[layout], q, QuantizeConfig("int4"))
+    assert OnnxGenerator(q).spec.tie_word_embeddings
+    bad = tampered(q, tmp_path / "untied.onnx", lambda s: s.update(tie_word_embeddings=False))
+    with pytest.raises(ModelLoadError) as exc:
+        OnnxGenerator(bad)
+    one_line(exc, str(bad), "tie_word_embeddings false", "reads the LM head's weight")
+    wide = tampered(q, tmp_path / "wide.onnx", lambda s: s.update(hidden_size=256))
+    with pytest.raises(ModelLoadError) as exc:
+        OnnxGenerator(wide)
+    one_line(exc, str(wide), "hidden_size 256")

@@ -123,8 +123,8 @@ def test_parity_per_variant(models, variants, model, variant):
     assert 0.0 < report.token_agreement <= 1.0
     assert report.ok == (report.token_agreement >= tol.min_token_agreement), report.summary()
     # tied models: the float variants store the vocab x hidden table once (the LM head reads
-    # Transpose(embedding)); the quantized ones give the LM head its own, quantized weight so that
-    # decoding reads 4/8-bit values, and keep the float table for the Gather only
+    # Transpose(embedding)); the MatMulNBits ones store it once quantized (the Gather reads the LM
+    # head's 4/8-bit weight); dynamic int8 quantizes the head and keeps a float table for the Gather
     graph = onnx.load(str(variants[model, variant])).graph
     transposed_table = any(n.op_type == "Transpose" and n.input[0] in {g.input[0] for g in graph.node
                                                                         if g.op_type == "Gather"} for n in graph.node)
@@ -132,6 +132,10 @@ def test_parity_per_variant(models, variants, model, variant):
         assert vocab_tables(variants[model, variant]) == 1 and transposed_table
     else:
         assert not transposed_table
+    if variant in ("int8", "int4"):
+        assert vocab_tables(variants[model, variant]) == 0  # no float table at all
+        gather = next(n for n in graph.node if n.op_type == "GatherBlockQuantized")
+        assert gather.input[0] in {n.input[1] for n in graph.node if n.op_type == "MatMulNBits"}
     if variant == "fp32":
         assert report.ok and report.identical_answers == len(PROMPTS) and report.token_agreement == 1.0
         assert report.max_abs_logit_diff < 1e-3
@@ -200,6 +204,25 @@ def test_int8_default_method_is_weight_only_in_library_and_cli():
     assert QuantizeConfig("int8", int8_method="dynamic").method == "dynamic"
 
 
+def test_quantized_embedding_is_the_default_and_can_be_turned_off(variants, fp32_files, workdir):
+    """The table stored once, quantized (MatMulNBits default) vs the float Gather kept: the file
+    shrinks by about the float table, the metadata says which, and both files run."""
+    meta = json.loads(_metadata(variants["dense", "int4"])[QUANTIZATION_KEY])
+    assert meta["embedding"] == "4-bit GatherBlockQuantized, shared with the LM head"
+    report = quantize_onnx(fp32_files["dense"], workdir / "dense-int4-float-embedding.onnx",
+                           QuantizeConfig("int4", quantize_embedding=False))
+    assert report.embeddings == [] and report.metadata["embedding"] == "float32"
+    assert vocab_tables(workdir / "dense-int4-float-embedding.onnx") == 1
+    spec = OnnxGenerator(variants["dense", "int4"], threads=1).spec
+    float_table = 4 * spec.vocab_size * spec.hidden_size
+    saved = (workdir / "dense-int4-float-embedding.onnx").stat().st_size - variants["dense", "int4"].stat().st_size
+    assert 0.7 * float_table < saved < float_table  # minus the scales stored again for the Gather
+    dynamic = json.loads(_metadata(variants["dense", "int8-dynamic"])[QUANTIZATION_KEY])
+    assert dynamic["embedding"] == "float32"
+    for path in (workdir / "dense-int4-float-embedding.onnx", variants["dense", "int4"]):
+        assert OnnxGenerator(path, threads=1).generate(PROMPTS[0], 4).emitted_tokens >= 1
+
+
 def test_int4_pads_a_k_that_is_not_a_block_multiple(fp32_files, workdir):
     report = quantize_onnx(fp32_files["pruned"], workdir / "pruned-int4-again.onnx", QuantizeConfig("int4"))
     assert [(k, padded) for _, k, padded in report.padded] == [(200, 224)]
@@ -265,7 +288,8 @@ def test_quantize_errors(variants, workdir, tmp_path):
 
 
 # ------------------------------------------------------------------------------------- CLI
-@pytest.mark.parametrize("args", [["--quantize", "int8"], ["--quantize", "int4", "--block-size", "16"]])
+@pytest.mark.parametrize("args", [["--quantize", "int8"], ["--quantize", "int4", "--block-size", "16"],
+                                  ["--quantize", "int4", "--accuracy-level", "4", "--float-embedding"]])
 def test_cli_quantize_end_to_end(models, tmp_path, capsys, args):
     out = tmp_path / "q.onnx"
     rc = cli.main([str(models["pruned"]), "-o", str(out), *args, "--parity-prompts", "1",
@@ -276,8 +300,11 @@ def test_cli_quantize_end_to_end(models, tmp_path, capsys, args):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["q.onnx"]  # no temp files left
     record = quantization_of(_metadata(out))
     assert record["kind"] == args[1]
-    if args[1] == "int4":
+    if "--block-size" in args:
         assert record["block_size"] == 16
+    assert record["accuracy_level"] == (4 if "--accuracy-level" in args else None)
+    assert record["embedding"] == ("float32" if "--float-embedding" in args
+                                   else f"{record['bits']}-bit GatherBlockQuantized, shared with the LM head")
 
 
 @pytest.mark.parametrize("args, needle", [
@@ -285,6 +312,7 @@ def test_cli_quantize_end_to_end(models, tmp_path, capsys, args):
     (["--quantize", "int8", "--dtype", "fp16"], "fp32"),
     (["--quantize", "int4", "--block-size", "24"], "--block-size"),
     (["--quantize", "int8", "--int8-method", "static"], "--int8-method"),
+    (["--quantize", "int4", "--accuracy-level", "5"], "--accuracy-level"),
 ])
 def test_cli_quantize_bad_input_exit_2(models, tmp_path, capsys, args, needle):
     rc = cli.main([str(models["dense"]), "-o", str(tmp_path / "m.onnx"), *args])

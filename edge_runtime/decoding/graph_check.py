@@ -30,7 +30,10 @@ change the parameter count by vectors.
 Tying: a tied spec accepts the LM head either as its own ``[hidden, vocab]`` matrix (files exported
 before the table was stored once) or as a MatMul by ``Transpose`` of the embedding table (the table
 stored once, ``export.tied_head``); an untied spec (``tie_word_embeddings`` false) requires its own
-matrix and refuses a head that reads the embedding table.
+matrix and refuses a head that reads the embedding table. A quantized embedding
+(``GatherBlockQuantized``, ``[vocab, n_blocks, block bytes]``) must have the spec's vocab rows and
+enough blocks for ``hidden_size``; only a tied spec may let it read the LM head's ``MatMulNBits``
+weight.
 """
 
 from __future__ import annotations
@@ -149,6 +152,18 @@ def _check_weights(where: str, facts: GraphFacts, spec: ArchSpec, layout: str) -
                     and table.dims != (spec.vocab_size, spec.hidden_size):
                 raise ModelLoadError(f"{where} says vocab_size {spec.vocab_size} and hidden_size {spec.hidden_size} "
                                      f"but the graph's embedding table is {table.dims[0]}x{table.dims[1]}; {_FIX}")
+        if node.op_type == "GatherBlockQuantized" and node.inputs and node.inputs[0] in facts.initializers:
+            table = facts.initializers[node.inputs[0]]  # [vocab, n_blocks, block bytes]
+            blocks = node.ints.get("block_size", 0)
+            rows_hold = len(table.dims) == 3 and table.dims[1] * blocks >= spec.hidden_size > (table.dims[1] - 1) * blocks
+            if not table.dims or table.dims[0] != spec.vocab_size or not rows_hold:
+                raise ModelLoadError(f"{where} says vocab_size {spec.vocab_size} and hidden_size {spec.hidden_size} "
+                                     f"but the graph's quantized embedding table is {list(table.dims)} in blocks of "
+                                     f"{blocks}; {_FIX}")
+            if not spec.tie_word_embeddings and node.inputs[0] in {n.inputs[1] for n in facts.nodes
+                                                                   if n.op_type == "MatMulNBits" and len(n.inputs) > 1}:
+                raise ModelLoadError(f"{where} says tie_word_embeddings false (an LM head of its own) but the graph's "
+                                     f"embedding reads the LM head's weight; {_FIX}")
         if node.op_type == "GroupQueryAttention":
             m = re.match(r"present\.(\d+)\.key$", node.outputs[1]) if len(node.outputs) > 1 else None
             if m is None or int(m.group(1)) >= spec.num_layers:

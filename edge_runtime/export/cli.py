@@ -12,7 +12,7 @@ graph whose cache grows by concatenation.
 
 int8 defaults to the weight-only method (8-bit MatMulNBits): it is the one that passes the parity
 bound on every shipped model; ``--int8-method dynamic`` is faster on CPU but moves the largest
-logit of models/dense and models/pruned50 past the bound (bench/results/quantization.md).
+logit of models/tiny/dense and models/tiny/pruned50 past the bound (bench/results/quantization.md).
 
 The graph is written to a temp file next to OUT (with ``--quantize``: the fp32 graph, then its
 quantized copy -- ``edge_runtime.export.quantize``), parity is checked on validation-split MPC prompts
@@ -37,7 +37,7 @@ from pathlib import Path
 # The quantizer's own names (quantize.py imports only the standard library at module level): its
 # QuantizeConfig default is the CLI's default, one source of truth. weight-only is the default
 # because on every shipped model it stays inside the parity bound, while the dynamic int8 file of
-# models/dense and models/pruned50 moves the largest logit past it and is refused
+# models/tiny/dense and models/tiny/pruned50 moves the largest logit past it and is refused
 # (bench/results/quantization.md).
 from .quantize import DEFAULT_INT8_METHOD, INT8_METHODS
 
@@ -75,10 +75,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--int8-method", default=DEFAULT_INT8_METHOD, choices=INT8_METHOD_CHOICES,
                    help="with --quantize int8: weight-only (8-bit MatMulNBits, float activations: close logits, "
                         "passes parity on every shipped model, slower on CPU) or dynamic (int8 weights, uint8 "
-                        "activations at run time: faster on CPU, but fails parity on models/dense and "
-                        "models/pruned50) (default: %(default)s)")
+                        "activations at run time: faster on CPU, but fails parity on models/tiny/dense and "
+                        "models/tiny/pruned50) (default: %(default)s)")
     p.add_argument("--block-size", type=int, default=32, choices=BLOCK_SIZE_CHOICES,
                    help="MatMulNBits block size along K (int4, and int8 weight-only) (default: %(default)s)")
+    p.add_argument("--accuracy-level", type=int, default=None, choices=(0, 1, 2, 3, 4), metavar="{0..4}",
+                   help="MatMulNBits compute precision: 4 multiplies in int8 (activations quantized per block, "
+                        "faster on CPU), 0-3 in float; unset leaves ONNX Runtime's default, float32 "
+                        "(default: unset)")
+    p.add_argument("--float-embedding", action="store_true",
+                   help="MatMulNBits: keep the embedding Gather's table in float32 (a tied model then stores the "
+                        "table twice) instead of reading the quantized LM-head weight through "
+                        "GatherBlockQuantized (default: off, the table is quantized and stored once)")
     p.add_argument("--kv-cache", default="auto", choices=KV_CACHE_CHOICES,
                    help="KV cache layout: shared (one preallocated buffer per layer, updated in place; fp32 and "
                         "its quantized variants), concat (traced graph, the cache grows per token; any dtype, and "
@@ -201,7 +209,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 export_onnx(model_dir, tmp, dtype=args.dtype, opset=args.opset, **kv)
             else:
                 export_onnx(model_dir, tmp_fp32, dtype="fp32", opset=args.opset, **kv)
-                config = QuantizeConfig(args.quantize, int8_method=args.int8_method, block_size=args.block_size)
+                config = QuantizeConfig(args.quantize, int8_method=args.int8_method, block_size=args.block_size,
+                                        accuracy_level=args.accuracy_level,
+                                        quantize_embedding=not args.float_embedding)
                 quant = quantize_onnx(tmp_fp32, tmp, config)
         except (ExportError, QuantizeError, ModelFormatError, ArchSpecError, FileNotFoundError) as exc:
             return _fail(exc)

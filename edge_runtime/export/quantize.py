@@ -8,10 +8,17 @@ initializer, i.e. q/k/v/o, gate/up/down and an untied LM head (in the shared-KV-
 gate/up are packed into one MatMul each; per-channel int8 scales and K-blocked int4 scales make
 the packing irrelevant to the result). A tied LM head reads ``Transpose`` of the embedding table in
 the float file (stored once, ``export.tied_head``); before quantizing it gets its own weight again
-(``unshare_tied_table``), so the largest MatMul of a small-vocabulary-heavy model is quantized too and
-decoding never reads the float table for the head -- the table is then stored twice, once float
-for the Gather and once quantized. The attention score MatMuls (two
-activations), the embedding ``Gather``, RMSNorm, RoPE and softmax stay float32, and so do the
+(``unshare_tied_table``), so the largest MatMul of a vocabulary-heavy model is quantized too and
+decoding never reads the float table for the head.
+
+**The embedding table** (MatMulNBits methods, ``quantize_embedding=True``, the default): the
+embedding ``Gather`` becomes ``GatherBlockQuantized`` at the same bits and block size
+(``export.quantized_embedding``). In a tied model it reads the LM head's quantized weight, so the
+table is stored once, quantized; an untied model's table gets its own quantized copy. With
+``quantize_embedding=False`` (and always for int8 ``dynamic``) the Gather keeps a float32 table, and a
+tied model then stores the table twice (float for the Gather, quantized for the head).
+
+The attention score MatMuls (two activations), RMSNorm, RoPE and softmax stay float32, and so do the
 graph's inputs, outputs and KV cache (``edge_runtime.dtype`` stays ``"fp32"``: the runtime feeds
 and reads the same tensors as for the fp32 file).
 
@@ -42,8 +49,7 @@ result is correct (tested) and the padding is listed in ``QuantizeReport.padded`
 ``qwen2-1m`` shapes (hidden 128, K in {128, 384}) divide into blocks of 32 exactly.
 
 ``symmetric=True`` is the default for the MatMulNBits kernels because asymmetric int4 scored
-worse on the dense model the quantizer was tuned on. Only the projection weights are quantized;
-the float32 embedding table is not, so it bounds how small a quantized file gets.
+worse on the dense model the quantizer was tuned on.
 
 Every measurement behind these choices -- sizes, max |logit diff| against the parity bound,
 identical answers, token agreement, held-out scores of each variant and decode speed, per model
@@ -97,7 +103,8 @@ class QuantizeConfig:
     "dynamic" (int8 only). ``per_channel``: per-output-channel int8 weight scales (int8 dynamic only).
     ``block_size`` / ``symmetric`` / ``accuracy_level``: MatMulNBits settings (int4 and int8
     weight-only); ``accuracy_level`` None leaves ONNX Runtime's default (float32 compute on CPU),
-    4 computes in int8 (faster on some CPUs, less accurate)."""
+    4 computes in int8 (faster on some CPUs, less accurate). ``quantize_embedding``: the embedding
+    Gather reads a quantized table too (MatMulNBits methods; module docstring)."""
 
     kind: str
     int8_method: str = DEFAULT_INT8_METHOD
@@ -105,6 +112,7 @@ class QuantizeConfig:
     block_size: int = 32
     symmetric: bool = True
     accuracy_level: int | None = None
+    quantize_embedding: bool = True
 
     def __post_init__(self) -> None:
         if self.kind not in QUANTIZATIONS:
@@ -133,7 +141,8 @@ class QuantizeConfig:
             out.update(per_channel=self.per_channel, weights="int8 symmetric", activations="uint8 per tensor, dynamic")
         else:
             out.update(block_size=self.block_size, symmetric=self.symmetric, accuracy_level=self.accuracy_level,
-                       activations="float32")
+                       activations="float32" if self.accuracy_level != 4 else "int8 (accuracy_level 4)",
+                       quantize_embedding=self.quantize_embedding)
         return out
 
 
@@ -144,6 +153,7 @@ class QuantizeReport:
     src_bytes: int
     out_bytes: int
     padded: list[tuple[str, int, int]] = field(default_factory=list)  # (node, K, padded K) -- MatMulNBits only
+    embeddings: list[dict[str, Any]] = field(default_factory=list)  # quantized embedding Gathers (EmbeddingQuantization)
     metadata: dict[str, Any] = field(default_factory=dict)           # the edge_runtime.quantization record
 
     @property
@@ -152,7 +162,9 @@ class QuantizeReport:
 
     def summary(self) -> str:
         pad = f", {len(self.padded)} padded to a block multiple" if self.padded else ""
-        return (f"{self.config.kind} ({self.config.method}): {len(self.quantized)} MatMul weights quantized{pad}; "
+        emb = "".join(f", embedding {e['table']} {'shared with the LM head' if e['shared'] else 'own table'}"
+                      for e in self.embeddings)
+        return (f"{self.config.kind} ({self.config.method}): {len(self.quantized)} MatMul weights quantized{pad}{emb}; "
                 f"{self.src_bytes / 2**20:.2f} -> {self.out_bytes / 2**20:.2f} MiB ({100 * self.ratio:.0f}%)")
 
     def to_dict(self) -> dict[str, Any]:
@@ -211,7 +223,11 @@ def _run_dynamic(src: Path, dst: Path, config: QuantizeConfig, nodes: list[str])
                      extra_options={"MatMulConstBOnly": True})
 
 
-def _run_nbits(model, dst: Path, config: QuantizeConfig, nodes: list[str]) -> None:
+def _run_nbits(model, dst: Path, config: QuantizeConfig, nodes: list[str],
+               head_outputs: dict[str, str] | None = None) -> list[dict[str, Any]]:
+    """MatMulNBits-quantize ``nodes`` of ``model`` into ``dst``, then (``config.quantize_embedding``)
+    the embedding Gathers; ``head_outputs``: ``unshare_tied_table``'s result. Returns the embedding
+    records."""
     try:
         from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
     except ImportError as exc:  # onnx_ir is a separate package
@@ -221,7 +237,16 @@ def _run_nbits(model, dst: Path, config: QuantizeConfig, nodes: list[str]) -> No
                                      is_symmetric=config.symmetric, accuracy_level=config.accuracy_level,
                                      nodes_to_include=nodes, op_types_to_quantize=("MatMul",))
     quantizer.process()
+    embeddings: list[dict[str, Any]] = []
+    if config.quantize_embedding:
+        from .quantized_embedding import quantize_embedding_gathers
+
+        done = quantize_embedding_gathers(quantizer.model.model, head_outputs or {}, bits=config.bits,
+                                          block_size=config.block_size, symmetric=config.symmetric,
+                                          accuracy_level=config.accuracy_level)
+        embeddings = [asdict(e) for e in done]
     quantizer.model.save_model_to_file(str(dst), use_external_data_format=False)
+    return embeddings
 
 
 def quantize_onnx(src: str | os.PathLike, dst: str | os.PathLike, config: QuantizeConfig | str) -> QuantizeReport:
@@ -244,7 +269,8 @@ def quantize_onnx(src: str | os.PathLike, dst: str | os.PathLike, config: Quanti
 
     # a tied LM head reads Transpose(embedding) in the float file; give it its own weight here so
     # that the quantizer quantizes it (decoding reads the 4/8-bit copy, not the float table)
-    untied_head = unshare_tied_table(model) > 0
+    head_outputs = unshare_tied_table(model)
+    untied_head = bool(head_outputs)
     props = {p.key: p.value for p in model.metadata_props}
     if META + "arch_spec" not in props:
         raise QuantizeError(f"{src}: not an edge_runtime export (no '{META}arch_spec' metadata); export it with "
@@ -263,6 +289,7 @@ def quantize_onnx(src: str | os.PathLike, dst: str | os.PathLike, config: Quanti
         bs = config.block_size
         padded = [(name, k, -(-k // bs) * bs) for name, k, _ in matmuls if k % bs]
 
+    embeddings: list[dict[str, Any]] = []
     dst.parent.mkdir(parents=True, exist_ok=True)
     tmp = dst.with_name(f".{dst.name}.tmp-{uuid.uuid4().hex[:8]}")
     try:
@@ -277,7 +304,7 @@ def quantize_onnx(src: str | os.PathLike, dst: str | os.PathLike, config: Quanti
                             onnx.save(model, str(dyn_src))
                         _run_dynamic(dyn_src, raw, config, names)
                     else:
-                        _run_nbits(model, raw, config, names)
+                        embeddings = _run_nbits(model, raw, config, names, head_outputs)
             except QuantizeError:
                 raise
             except Exception as exc:  # noqa: BLE001 -- ORT's quantizers raise assorted types
@@ -291,9 +318,15 @@ def quantize_onnx(src: str | os.PathLike, dst: str | os.PathLike, config: Quanti
             raise QuantizeError(f"{src}: expected {len(names)} quantized MatMuls, the {config.method} quantizer made "
                                 f"{quantized_ops}")
         record = {**config.describe(), "quantized_matmuls": len(names), "onnxruntime": ort.__version__}
+        if config.method == "dynamic":
+            record["embedding"] = "float32"
+        else:
+            record["embedding"] = ("float32" if not embeddings else
+                                   f"{config.bits}-bit GatherBlockQuantized, "
+                                   + ("shared with the LM head" if all(e["shared"] for e in embeddings) else "own table"))
         save_with_metadata(out, {**props, QUANTIZATION_KEY: json.dumps(record)}, tmp, dst)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
     return QuantizeReport(config=config, quantized=names, src_bytes=src.stat().st_size, out_bytes=dst.stat().st_size,
-                          padded=padded, metadata=record)
+                          padded=padded, embeddings=embeddings, metadata=record)

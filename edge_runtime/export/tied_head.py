@@ -68,11 +68,13 @@ def share_tied_table(proto) -> int:
     return shared
 
 
-def unshare_tied_table(proto) -> int:
+def unshare_tied_table(proto) -> dict[str, str]:
     """The inverse of :func:`share_tied_table`: give every ``MatMul`` fed by a ``Transpose`` of a
     ``Gather`` table its own transposed initialiser again. The quantizers only quantize a MatMul
-    whose weight is an initialiser, so a quantized file gets a quantized LM head (fast decoding)
-    at the price of the table stored twice, once quantized. Returns how many MatMuls were changed."""
+    whose weight is an initialiser, so a quantized file gets a quantized LM head (fast decoding);
+    the MatMulNBits quantizer then lets the Gather read that quantized head weight
+    (``export.quantized_embedding``), so the table is stored once again. Returns
+    ``{table initialiser: output of the MatMul that now has its own copy}`` (empty: nothing tied)."""
     from onnx import numpy_helper
 
     graph = proto.graph
@@ -81,7 +83,7 @@ def unshare_tied_table(proto) -> int:
     transposed = {n.output[0]: n for n in graph.node
                   if n.op_type == "Transpose" and n.input and n.input[0] in tables
                   and len(inits[n.input[0]].dims) == 2 and list(n.attribute[0].ints if n.attribute else []) in ([1, 0], [])}
-    changed = 0
+    changed: dict[str, str] = {}
     added: dict[str, str] = {}
     for node in graph.node:
         if node.op_type != "MatMul" or len(node.input) < 2 or node.input[1] not in transposed:
@@ -92,7 +94,7 @@ def unshare_tied_table(proto) -> int:
             graph.initializer.append(numpy_helper.from_array(numpy_helper.to_array(inits[table]).T.copy(), name))
             added[table] = name
         node.input[1] = added[table]
-        changed += 1
+        changed.setdefault(table, node.output[0])
     if changed:
         used = {name for n in graph.node for name in n.input} | {o.name for o in graph.output}
         keep = [n for n in graph.node if not (n.output and n.output[0] in transposed and n.output[0] not in used)]
