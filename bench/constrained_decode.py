@@ -1,6 +1,6 @@
 """Constrained vs unconstrained decoding of an exported model on the validation prompts, in one run.
 
-    python bench/constrained_decode.py [--model models/dense.onnx] [--repeats 3] [--threads 1] [--json out.json]
+    python bench/constrained_decode.py [--model models/tiny/dense.onnx] [--repeats 3] [--threads 1] [--json out.json]
 
 For every validation MPC instruction and a validation decision set (``--decision-examples`` per
 instruction, validation track), both modes answer greedily with the evaluation's token budgets,
@@ -35,7 +35,7 @@ BUDGET = {"mpc": 200, "decision": 48}  # edge_runtime.evaluation.report's budget
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default=str(REPO / "models" / "dense.onnx"))
+    ap.add_argument("--model", default=str(REPO / "models" / "tiny" / "dense.onnx"))
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--decision-examples", type=int, default=4, help="per decision instruction (even)")

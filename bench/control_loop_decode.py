@@ -1,7 +1,7 @@
 """Does a continuously decoding LLM disturb the 20 Hz control loop? Baseline (no LLM) and with-LLM
 phases side by side in one run, with the real runtime pieces.
 
-    python bench/control_loop_decode.py [--model models/dense.onnx] [--duration 30] [--repeats 1]
+    python bench/control_loop_decode.py [--model models/tiny/dense.onnx] [--duration 30] [--repeats 1]
                                         [--threads 1] [--constrained] [--json out.json]
 
 Each phase runs the control loop (``runtime.control_loop.ControlLoop``: track simulator + OSQP
@@ -155,7 +155,7 @@ def _ms(x: float) -> str:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default=str(REPO / "models" / "dense.onnx"), help="exported ONNX decoder")
+    ap.add_argument("--model", default=str(REPO / "models" / "tiny" / "dense.onnx"), help="exported ONNX decoder")
     ap.add_argument("--duration", type=float, default=30.0, help="seconds per phase and repeat")
     ap.add_argument("--repeats", type=int, default=1, help="baseline / with-LLM pairs, alternating")
     ap.add_argument("--rate", type=float, default=20.0, help="control rate, Hz")

@@ -11,7 +11,7 @@ track), builds each prompt, reads the table back and applies the rules of
 ``tests/test_prompts.py`` (``parse_history_text``, ``rules_from_text``), and counts how often the
 result equals the true label (computed on every recorded sample). Besides the prompt's own row
 step (``HISTORY_STEP_S``) other ``--steps`` are measured by swapping the table in the same prompt,
-with the prompt length in characters and, when ``models/dense/tokenizer.json`` exists, in tokens.
+with the prompt length in characters and, when ``models/tiny/dense/tokenizer.json`` exists, in tokens.
 The MPC prompts of every split's instructions (no context) are measured the same way, since the
 prompt module's brevity argument is about both. Deterministic in ``--seed``; no model runs.
 """
@@ -38,7 +38,7 @@ sys.path.insert(0, str(REPO / "tests"))
 from test_prompts import rules_from_text  # noqa: E402  (the test's reader of the prompt text)
 
 SPLITS = ("train", "validation", "test")
-TOKENIZER = REPO / "models" / "dense" / "tokenizer.json"
+TOKENIZER = REPO / "models" / "tiny" / "dense" / "tokenizer.json"
 
 
 def _prompt(ex: Any, step_s: float) -> str:

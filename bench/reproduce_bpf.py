@@ -2,7 +2,7 @@
 machine, scored on the phrasings and the track of one evaluation split (``--split``: validation
 while developing, test for the numbers that are reported; docs/evaluation.md), in one report.
 
-    python bench/reproduce_bpf.py --dense models/dense --small-dense runs/small-dense-sft \
+    python bench/reproduce_bpf.py --dense models/tiny/dense --small-dense runs/small-dense-sft \
         --ratios 0.25 0.5 --seeds 0 --sft-steps 300 --rl-steps 100 --out bench/results/bpf
 
 Methods (see ``edge_runtime.train.bpf``; all start from the same trained dense SFT model and get the
@@ -250,7 +250,7 @@ def plot(table: list[dict], dense: dict[str, float], path: Path, split: str, tra
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--dense", default="models/dense", help="trained dense SFT model directory")
+    ap.add_argument("--dense", default="models/tiny/dense", help="trained dense SFT model directory")
     ap.add_argument("--small-dense", help="trained smaller dense SFT model directory (same family)")
     ap.add_argument("--ratios", type=float, nargs="+", default=[0.25, 0.5])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])

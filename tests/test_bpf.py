@@ -72,7 +72,7 @@ def test_sft_rl_recipe_prunes_in_both_phases_and_keeps_training(tmp_path):
     from edge_runtime.train.sft_data import SFTDataConfig
 
     torch.set_num_threads(1)
-    dense = Path(__file__).resolve().parent.parent / "models" / "dense"
+    dense = Path(__file__).resolve().parent.parent / "models" / "tiny" / "dense"
     model, spec = load_model(dense)
     tok = load_tokenizer(dense / "tokenizer.json")
     before = {n: p.detach().clone() for n, p in model.named_parameters() if "layers.0." in n}
@@ -118,7 +118,7 @@ def test_prune_hook_hands_the_cpu_calibration_batches_to_the_loss_on_the_models_
     from edge_runtime.train.cli import DEFAULT_ORACLE_TABLE
     from edge_runtime.train.optim import TrainState
 
-    dense = Path(__file__).resolve().parent.parent / "models" / "dense"
+    dense = Path(__file__).resolve().parent.parent / "models" / "tiny" / "dense"
     model, spec = load_model(dense)
     batches = calibration_batches(load_tokenizer(dense / "tokenizer.json"), OracleTable.load(DEFAULT_ORACLE_TABLE),
                                   n_batches=2, batch_size=2)

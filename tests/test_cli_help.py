@@ -72,7 +72,7 @@ def test_unknown_sim_names_what_can_run(tmp_path, capsys):
 
 
 def test_default_int8_method_is_the_one_that_passes_parity_on_the_shipped_models():
-    """The dynamic int8 files of models/dense and models/pruned50 fail the parity bound
+    """The dynamic int8 files of models/tiny/dense and models/tiny/pruned50 fail the parity bound
     (bench/results/quantization.md); weight-only passes on every shipped model."""
-    args = export_cli.build_parser().parse_args(["models/dense", "-o", "x.onnx", "--quantize", "int8"])
+    args = export_cli.build_parser().parse_args(["models/tiny/dense", "-o", "x.onnx", "--quantize", "int8"])
     assert args.int8_method == export_cli.DEFAULT_INT8_METHOD == "weight-only"

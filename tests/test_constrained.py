@@ -42,7 +42,7 @@ from edge_runtime.tasks.instructions import instruction_set
 from edge_runtime.tasks.prompts import build_decision_prompt, build_mpc_prompt
 
 REPO = Path(__file__).resolve().parents[1]
-DENSE_ONNX = REPO / "models" / "dense.onnx"
+DENSE_ONNX = REPO / "models" / "tiny" / "dense.onnx"
 
 
 def mpc_prompts(n: int, split: str = "validation") -> list[str]:
@@ -301,7 +301,7 @@ def test_unconstrained_path_unchanged(gen):
         gen.generate(prompt, 8, temperature=-1.0)
 
 
-@pytest.mark.skipif(not DENSE_ONNX.is_file(), reason="models/dense.onnx not present")
+@pytest.mark.skipif(not DENSE_ONNX.is_file(), reason="models/tiny/dense.onnx not present")
 def test_trained_model_valid_answers_are_not_changed():
     """On the shipped model, where greedy answers already parse, the mask changes no token."""
     g = OnnxGenerator(DENSE_ONNX, threads=1)

@@ -37,7 +37,7 @@ from edge_runtime.train.rewards import (
 )
 
 ROOT = Path(__file__).resolve().parent.parent
-DENSE = ROOT / "models" / "dense"
+DENSE = ROOT / "models" / "tiny" / "dense"
 ORACLE = Path(tasks_pkg.__file__).parent / "data" / "oracle_oval.json"
 CFG = RewardConfig()
 BONUS = CFG.format_weight + CFG.parseable_weight + CFG.valid_names_weight

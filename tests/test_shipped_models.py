@@ -1,5 +1,6 @@
-"""The models shipped in models/: each loads strictly, its card and evaluation report belong to it,
-and its ONNX file is the export of exactly these weights (same sha256), with the right cache shapes."""
+"""The tiny models shipped in models/tiny/: each loads strictly, its card and evaluation report belong
+to it, and its ONNX file is the export of exactly these weights (same sha256), with the right cache
+shapes."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import pytest
 from edge_runtime.contracts.arch_spec import ArchSpec
 from edge_runtime.sim.tracks import SPLIT_TRACKS
 
-MODELS = Path(__file__).resolve().parent.parent / "models"
+MODELS = Path(__file__).resolve().parent.parent / "models" / "tiny"
 SHIPPED = ("dense", "pruned25", "pruned50", "small-dense")
 
 

@@ -1,7 +1,7 @@
 """Execution-provider configuration for ONNX Runtime sessions (vehicle side: no torch, no onnx).
 
     config = ProviderConfig("tensorrt", trt_engine_cache="/var/cache/edge_runtime/trt", threads=2)
-    generator = OnnxGenerator("models/dense.onnx", providers=config)
+    generator = OnnxGenerator("models/tiny/dense.onnx", providers=config)
 
 ``ProviderConfig`` is a typed, validated description of where the decoder runs:
 

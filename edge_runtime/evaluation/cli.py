@@ -1,7 +1,7 @@
 """``edge-eval``: closed-loop evaluation of a driving LLM on the validation or test split.
 
-    edge-eval --model models/dense --task mpc|decision|both --split validation|test [--json OUT]
-    edge-eval --model models/dense.onnx --constrained ...   (grammar-constrained decoding, ONNX only)
+    edge-eval --model models/tiny/dense --task mpc|decision|both --split validation|test [--json OUT]
+    edge-eval --model models/tiny/dense.onnx --constrained ...   (grammar-constrained decoding, ONNX only)
 
 Iterate on validation; run test only to report (docs/evaluation.md). Each split brings its own
 phrasings, track and, where one is shipped, oracle table. Prints a table with a bootstrap 95 %

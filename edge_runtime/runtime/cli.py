@@ -1,7 +1,7 @@
 """``edge-run``: drive the car in a simulator with the MPC at a fixed rate and record telemetry.
 
     edge-run --sim track --track hairpin --params default --duration 30 --out runs/demo
-    edge-run --model models/dense.onnx --sim track --script demo.txt --duration 40 --out runs/llm
+    edge-run --model models/tiny/dense.onnx --sim track --script demo.txt --duration 40 --out runs/llm
 
 Without ``--model`` the MPC drives with one fixed parameter set (``--params FILE`` or the
 defaults). With ``--model X.onnx`` an exported LLM chooses the parameter sets: it answers each

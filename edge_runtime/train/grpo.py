@@ -88,7 +88,7 @@ class GRPOConfig(LoopConfig):
     group_size: int = 6  # completions per prompt (RobotxR1: 4-8)
     temperature: float = 1.0
     top_k: int = 0  # 0: off
-    max_new_tokens: int = 96  # oracle MPC answers: 37 tokens on average, 56 at most (models/dense tokenizer)
+    max_new_tokens: int = 96  # oracle MPC answers: 37 tokens on average, 56 at most (models/tiny/dense tokenizer)
     kl_coef: float = 0.0  # 0: no reference model
     decision_fraction: float = 0.25  # expected share of decision-task prompts per step
     decision_pool_per_instruction: int = 64  # decision histories simulated once per instruction (even)
