@@ -227,12 +227,9 @@ def verdicts(table: list[dict], dense: dict[str, float]) -> list[str]:
 
 
 def plot(table: list[dict], dense: dict[str, float], path: Path, split: str, track: str) -> None:
-    import matplotlib
+    from edge_runtime.report import style  # the project's one plotting style (Agg, sizes, metadata)
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = style.figure(size=(7, 4.5))
     for method in sorted({e["method"] for e in table}):
         es = [e for e in table if e["method"] == method]
         ax.errorbar([e["parameters"] for e in es], [e["adaptability"] for e in es],
@@ -243,9 +240,7 @@ def plot(table: list[dict], dense: dict[str, float], path: Path, split: str, tra
     ax.set_ylabel(f"{split} control adaptability")
     ax.set_title(f"score vs size ({split} phrasings, track {track})")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    style.save(fig, path)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -27,9 +27,11 @@ instruction window against the default parameters re-simulated from the same sta
 (an applied answer scores its window's improvement, a failed answer the worst case, -4).
 ``--out`` is checked and locked before the model loads (``output_dir``): a second run into the
 same directory is refused at once, and so is an earlier run's files unless ``--overwrite``.
-SIGINT, SIGTERM and SIGHUP stop the loop and the LLM worker cleanly, the summary is written, and
-repeated signals cannot interrupt that (``signals``). A full or failing disk never stops the loop
-(``edge_runtime.telemetry.writer``): records it refuses are counted and the summary says so.
+``--report`` then draws the run (``edge-report``, in a child process: the analysis side stays out
+of the vehicle's imports). SIGINT, SIGTERM and SIGHUP stop the loop and the LLM worker cleanly,
+the summary is written, and repeated signals cannot interrupt that (``signals``). A full or
+failing disk never stops the loop (``edge_runtime.telemetry.writer``): records it refuses are
+counted and the summary says so.
 
 Exit status: 0 the run finished; 2 bad input or output path, one line on stderr, nothing ran;
 3 telemetry lost (records dropped, or summary.json could not be written and the summary went to
@@ -141,6 +143,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gpu-interval", type=float, default=0.5, metavar="S",
                    help="GPU / Jetson telemetry every S seconds, from tegrastats or NVML when found; 0 turns it "
                         "off (default: %(default)s)")
+    p.add_argument("--report", action="store_true",
+                   help="after the run, draw it with edge-report into OUT/report (track map, time series, timing, "
+                        "report.html); needs the report extra (matplotlib), and a failed report never changes "
+                        "the run's exit status (default: off)")
     p.add_argument("--constrained", action=argparse.BooleanOptionalAction, default=False,
                    help="with --model: grammar-constrained decoding, so every answer parses and tokens the "
                         "grammar fixes skip the forward pass (default: off, the model's own output)")
@@ -421,9 +427,32 @@ def _run(argv: list[str] | None, signals: StopSignals, cleanup: contextlib.ExitS
             print(f"edge-run: stopped by {signals.first}", file=sys.stderr)
     except OSError:
         pass
+    if args.report:
+        _report(out)
     if log.dropped or not summary_ok:
         return EXIT_TELEMETRY_LOST
     return EXIT_INTERRUPTED if interrupted else 0
+
+
+REPORT_TIMEOUT = 300.0  # s; drawing a long run takes seconds, a hung one must not hold the lock forever
+
+
+def _report(out: Path) -> None:
+    """``--report``: ``python -m edge_runtime.report OUT`` in a child process. A child, not an import:
+    the runtime may not import the analysis side (layer contract; the vehicle install has no
+    matplotlib), and a failed report -- matplotlib missing included, which edge-report says in one
+    line -- leaves the run and its exit status alone."""
+    import subprocess
+
+    try:
+        proc = subprocess.run([sys.executable, "-m", "edge_runtime.report", str(out)], timeout=REPORT_TIMEOUT,
+                              check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        _warn(f"--report: edge-report did not run ({exc}); run it later: edge-report {out}")
+        return
+    if proc.returncode != 0:
+        _warn(f"--report: no report written (edge-report exit {proc.returncode}, its message above); the run's "
+              f"files are complete: edge-report {out}")
 
 
 def _warn(message: str) -> None:
