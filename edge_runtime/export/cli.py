@@ -4,6 +4,7 @@
     edge-export models/pruned -o models/pruned-int8.onnx --quantize int8 [--int8-method dynamic]
     edge-export models/pruned -o models/pruned-int4.onnx --quantize int4 [--block-size 32]
     edge-export models/pruned -o models/pruned.onnx --kv-cache concat   (the traced graph)
+    edge-export models/pruned -o models/pruned.gguf [--gguf-type f32|f16|q8_0]   (llama.cpp; --format gguf)
 
 KV cache layout (``--kv-cache``, default auto): fp32 graphs and their quantized variants get the
 shared, preallocated cache (``edge_runtime.export.shared_cache_graph``: updated in place, nothing
@@ -45,6 +46,8 @@ DTYPE_CHOICES = ("fp32", "fp16")
 QUANTIZE_CHOICES = ("int8", "int4")
 INT8_METHOD_CHOICES = INT8_METHODS
 KV_CACHE_CHOICES = ("auto", "shared", "concat")
+FORMAT_CHOICES = ("onnx", "gguf")
+GGUF_TYPE_CHOICES = ("f32", "f16", "q8_0")  # edge_runtime.export.gguf_export.GGUF_TYPES (checked in a test)
 BLOCK_SIZE_CHOICES = (16, 32, 64, 128, 256)
 
 DESCRIPTION = ("Export a model directory to one ONNX decoder file (KV cache, self-describing metadata) "
@@ -67,7 +70,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="edge-export", description=DESCRIPTION, epilog=EPILOG)
     p.add_argument("model_dir", help="model directory written by save_model (arch_spec.json, model.safetensors, "
                                      "tokenizer.json)")
-    p.add_argument("-o", "--out", required=True, metavar="OUT.onnx", help="output .onnx file (required)")
+    p.add_argument("-o", "--out", required=True, metavar="OUT", help="output .onnx (or .gguf) file (required)")
+    p.add_argument("--format", default=None, choices=FORMAT_CHOICES,
+                   help="onnx (the runtime's graph, parity-checked) or gguf (one file for llama.cpp; non-uniform "
+                        "models as its 'deci' architecture; docs/export.md, GGUF) (default: from OUT's suffix, "
+                        ".gguf -> gguf, else onnx; a mismatching suffix is refused)")
+    p.add_argument("--gguf-type", default=None, choices=GGUF_TYPE_CHOICES,
+                   help="with --format gguf: tensor type of the 2-D weights (norms and biases stay f32) "
+                        "(default: f32)")
     p.add_argument("--dtype", default="fp32", choices=DTYPE_CHOICES, help="graph dtype (default: %(default)s)")
     p.add_argument("--quantize", default=None, choices=QUANTIZE_CHOICES,
                    help="quantize the fp32 graph's projection MatMul weights: int8 (see --int8-method) or int4 "
@@ -155,6 +165,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(f"--quantize {args.quantize} starts from the fp32 graph; drop --dtype {args.dtype}")
     if not model_dir.is_dir():
         return _fail(f"model directory {model_dir} does not exist")
+    fmt = args.format or ("gguf" if out.suffix == ".gguf" else "onnx")
+    if out.suffix != f".{fmt}":
+        return _fail(f"output {out} must end in .{fmt} for --format {fmt}")
+    if fmt == "gguf":
+        if args.quantize is not None or args.dtype != "fp32":
+            return _fail("--quantize / --dtype are ONNX options; for GGUF use --gguf-type f32|f16|q8_0")
+        if out.is_dir():
+            return _fail(f"output {out} is a directory")
+        from .gguf_export import run_cli
+        return run_cli(model_dir, out, args.gguf_type or "f32")
+    if args.gguf_type is not None:
+        return _fail("--gguf-type is a GGUF option; add --format gguf (or an OUT ending in .gguf)")
     if out.suffix != ".onnx":
         return _fail(f"output {out} must end in .onnx")
     if out.is_dir():

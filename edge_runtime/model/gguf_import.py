@@ -32,6 +32,8 @@ import numpy as np
 
 from ..contracts.arch_spec import ArchSpec, ArchSpecError, LayerSpec
 from ..contracts.chat_format import CHATML_END, CHATML_START, ChatFormat
+from .gguf_layout import CONTROL_TOKEN, GLOBAL_TENSORS as _GLOBAL_TENSORS, LAYER_TENSORS as _LAYER_TENSORS
+from .gguf_layout import permute_qk, unpermute_qk
 from .io import sha256_file
 
 __all__ = ["CHAT_TEMPLATE_FILE", "GGUFImportError", "ImportedGGUF", "import_gguf", "permute_qk", "unpermute_qk"]
@@ -39,22 +41,6 @@ __all__ = ["CHAT_TEMPLATE_FILE", "GGUFImportError", "ImportedGGUF", "import_gguf
 CHAT_TEMPLATE_FILE = "chat_template.jinja"
 SUPPORTED_ARCHITECTURES = ("llama", "qwen2")
 GGUF_MAGIC = b"GGUF"
-#: llama.cpp token types (``tokenizer.ggml.token_type``): 3 marks control tokens such as <|im_end|>.
-CONTROL_TOKEN = 3
-#: Per-layer tensor names: GGUF ``blk.{i}.<key>`` -> HF ``model.layers.{i}.<value>``.
-_LAYER_TENSORS = {
-    "attn_norm.weight": "input_layernorm.weight",
-    "ffn_norm.weight": "post_attention_layernorm.weight",
-    "attn_q.weight": "self_attn.q_proj.weight", "attn_q.bias": "self_attn.q_proj.bias",
-    "attn_k.weight": "self_attn.k_proj.weight", "attn_k.bias": "self_attn.k_proj.bias",
-    "attn_v.weight": "self_attn.v_proj.weight", "attn_v.bias": "self_attn.v_proj.bias",
-    "attn_output.weight": "self_attn.o_proj.weight", "attn_output.bias": "self_attn.o_proj.bias",
-    "ffn_gate.weight": "mlp.gate_proj.weight", "ffn_up.weight": "mlp.up_proj.weight",
-    "ffn_down.weight": "mlp.down_proj.weight",
-}
-_GLOBAL_TENSORS = {"token_embd.weight": "model.embed_tokens.weight", "output_norm.weight": "model.norm.weight",
-                   "output.weight": "lm_head.weight"}
-
 
 class GGUFImportError(ValueError):
     """The source cannot be imported; the message names the file and what to do (one line)."""
@@ -67,20 +53,6 @@ class ImportedGGUF:
     out_dir: Path
     spec: ArchSpec
     provenance: dict[str, Any] = field(default_factory=dict)
-
-
-def permute_qk(weight: np.ndarray, n_heads: int) -> np.ndarray:
-    """llama.cpp's conversion permutation of q_proj / k_proj rows (``convert_hf_to_gguf.py``):
-    within each head, HF's rotate-half layout (first half, second half) becomes interleaved pairs,
-    which is what ggml's RoPE kernel expects. ``n_heads`` is the query heads for q, KV heads for k."""
-    shape = weight.shape
-    return weight.reshape(n_heads, 2, shape[0] // n_heads // 2, *shape[1:]).swapaxes(1, 2).reshape(shape)
-
-
-def unpermute_qk(weight: np.ndarray, n_heads: int) -> np.ndarray:
-    """The inverse of :func:`permute_qk`: GGUF q/k rows back to HF's rotate-half layout."""
-    shape = weight.shape
-    return weight.reshape(n_heads, shape[0] // n_heads // 2, 2, *shape[1:]).swapaxes(1, 2).reshape(shape)
 
 
 # ---------------------------------------------------------------------------------------------------------------
