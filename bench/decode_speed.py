@@ -41,6 +41,8 @@ from edge_runtime.contracts.arch_spec import LayerSpec
 from edge_runtime.model.tokenizer import EOS_TOKEN, PAD_TOKEN, save_tokenizer, train_tokenizer
 from edge_runtime.decoding.generator import OnnxGenerator
 
+from _common import TorchSteps  # bench/_common.py (this script's directory is on sys.path)
+
 TARGETS = {"decode_over_floor_max": 1.25, "pruned_speedup_over_param_ratio_min": 0.9,
            "ort_over_eager_speedup_min": 2.0}
 
@@ -126,27 +128,16 @@ def time_ort(gen: OnnxGenerator, prompt: str, new_tokens: int) -> tuple[float, f
     return res.time_to_first_token_s, statistics.median(res.decode_times_s), res.prompt_tokens
 
 
-@torch.inference_mode()
 def time_eager(model, ids: list[int], new_tokens: int) -> tuple[float, float]:
-    import warnings
-
-    from transformers import DynamicCache
-
-    # transformers 5.x announces that `past_key_values` will be renamed; the argument still works
-    warnings.filterwarnings("ignore", message=".*past_key_values.*", category=FutureWarning)
+    """(time to first token, median decode step) of the eager greedy loop (bench/_common.TorchSteps)."""
+    steps = TorchSteps(model)
     t0 = time.perf_counter()
-    cache = DynamicCache()
-    input_ids = torch.tensor([ids], dtype=torch.long)
-    out = model(input_ids=input_ids, past_key_values=cache, use_cache=True)
-    token = int(out.logits[0, -1].argmax())
+    token = int(steps.append(ids).argmax())
     ttft = time.perf_counter() - t0
-    cache = out.past_key_values
     times = []
     for _ in range(new_tokens - 1):
         t = time.perf_counter()
-        out = model(input_ids=torch.tensor([[token]], dtype=torch.long), past_key_values=cache, use_cache=True)
-        cache = out.past_key_values
-        token = int(out.logits[0, -1].argmax())
+        token = int(steps.append([token]).argmax())
         times.append(time.perf_counter() - t)
     return ttft, statistics.median(times)
 

@@ -1,0 +1,168 @@
+"""bench/compare_throughput.py: a smoke run on the tiny models writes the results a user chooses a
+model from (JSON with raw numbers and medians, Markdown table with ratios, PNG plots), peers are run
+or skipped with a note, and bad input is one line with exit status 2. Also the energy meters'
+arithmetic (RAPL counter, wrap-around) on a fake powercap directory."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPT = REPO / "bench" / "compare_throughput.py"
+TINY = REPO / "models" / "tiny"
+
+
+def _load(name: str, path: Path):
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # spawned children import it by this name (bench/ is put on sys.path)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def ct():
+    return _load("compare_throughput", SCRIPT)
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    """One real run: two ONNX models with their eval reports, the torch peer on the dense model
+    directory, llama.cpp requested (a GGUF file is not given)."""
+    out = tmp_path_factory.mktemp("ct")
+    argv = [sys.executable, str(SCRIPT), "--model", f"dense={TINY / 'dense.onnx'}",
+            "--model", f"pruned50={TINY / 'pruned50.onnx'}", "--torch", f"eager={TINY / 'dense'}",
+            "--peers", "torch,llamacpp", "--repeats", "1", "--new-tokens", "4", "--prompt-lengths", "16",
+            "--instructions", "1", "--threads", "1", "--out", str(out)]
+    for name in ("dense", "pruned50"):
+        report = TINY / name / "eval_test.json"
+        if report.is_file():
+            argv += ["--eval-report", f"{name}={report}"]
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=600, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out, json.loads((out / "results.json").read_text())
+
+
+def test_smoke_run_writes_results_table_and_plots(smoke):
+    out, doc = smoke
+    assert doc["order"][:2] == ["dense", "pruned50"]
+    assert doc["manifest"]["cpu_count"] >= 1 and doc["manifest"]["onnxruntime"]["version"]
+    assert doc["manifest"]["threads"] == 1
+    assert doc["instruction_count"] == 1
+    for name in ("dense", "pruned50"):
+        r = doc["results"][name]
+        s = r["summary"]
+        assert r["kind"] == "onnx" and len(r["repeats"]) == 1
+        assert r["info"]["parameters"] > 0 and r["info"]["file_bytes"] == (TINY / f"{name}.onnx").stat().st_size
+        assert s["load_s"] > 0 and s["peak_rss_bytes"] > 0 and s["peak_rss_bytes"] >= s["rss_after_load_bytes"]
+        assert s["prefill_ms"]["16"] > 0
+        assert len(r["repeats"][0]["decode_times_s"]) == 4  # EOS ignored: the full length ran
+        assert 0 < s["decode_ms_p50"] <= s["decode_ms_p90"] <= s["decode_ms_p99"]
+        assert s["tokens_per_s"] > 0
+        assert set(s["instructions"]) == {"free", "constrained"}
+        assert s["instructions"]["constrained"]["parse_rate"] == 1.0  # the grammar makes every answer parse
+        for mode in ("free", "constrained"):
+            assert s["instructions"][mode]["p50_ms"] > 0
+    # the pruned model has fewer parameters than the reference: the ratio row says so
+    vs_ref = doc["ratios"]["vs_reference"]
+    assert doc["ratios"]["reference"] == "dense" and vs_ref["dense"]["decode_speedup"] == 1.0
+    assert vs_ref["pruned50"]["param_ratio"] > 1.0 and vs_ref["pruned50"]["decode_speedup"] > 0
+    if (TINY / "dense" / "eval_test.json").is_file():
+        score = doc["results"]["dense"]["score"]
+        assert score["split"] == "test" and score["fraction_of_oracle_ci"] is not None
+    md = (out / "results.md").read_text()
+    assert "| dense | onnx |" in md and "| pruned50 | onnx |" in md and "Ratios vs `dense`" in md
+    assert "| pruned50 |" in md.split("Ratios vs")[1]
+    for png in ("ms_per_token_vs_params.png", "latency_cdfs.png", "score_vs_params.png"):
+        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_smoke_run_torch_peer_runs_or_is_skipped(smoke):
+    _, doc = smoke
+    notes = " ".join(doc["notes"])
+    if importlib.util.find_spec("torch") is None:
+        assert "torch: skipped: not installed" in notes
+        return
+    eager = doc["results"]["eager"]
+    assert eager["kind"] == "torch" and eager["info"]["parameters"] == doc["results"]["dense"]["info"]["parameters"]
+    assert eager["summary"]["decode_ms_p50"] > 0 and "constrained" not in eager["summary"]["instructions"]
+    assert "dense / eager" in doc["ratios"]["vs_peers"]
+    if importlib.util.find_spec("llama_cpp") is None:
+        assert "llamacpp: skipped: not installed (pip install llama-cpp-python)" in doc["notes"]
+    else:
+        assert "llamacpp: skipped: no --gguf NAME=PATH given" in doc["notes"]
+
+
+def test_missing_peer_package_is_a_note(ct, monkeypatch):
+    real = importlib.util.find_spec
+    monkeypatch.setattr(ct.importlib.util, "find_spec",
+                        lambda name, *a: None if name == "onnxruntime_genai" else real(name, *a))
+    args = ct._Parser().parse_args([])  # defaults of an empty parser, then the fields build_entries reads
+    for key, value in {"model": [f"dense={TINY / 'dense.onnx'}"], "ortgenai": [f"g={TINY / 'dense'}"],
+                       "gguf": None, "torch": None, "peers": "ortgenai"}.items():
+        setattr(args, key, value)
+    entries, skipped, notes = ct.build_entries(args)
+    assert [e.kind for e in entries] == ["onnx"] and skipped == ["ortgenai"]
+    assert notes == ["ortgenai: skipped: not installed (pip install onnxruntime-genai)"]
+
+
+@pytest.mark.parametrize("extra, expected", [
+    (["--model", "dense"], "--model 'dense': expected NAME=PATH"),
+    (["--model", "dense=/nonexistent/x.onnx"], "file /nonexistent/x.onnx not found"),
+    (["--model", f"dense={TINY / 'dense.onnx'}", "--torch", "t=/nonexistent"], "--torch t=/nonexistent"),
+    (["--model", f"dense={TINY / 'dense.onnx'}", "--peers", "vllm"], "unknown peer 'vllm'"),
+    (["--model", f"dense={TINY / 'dense.onnx'}", "--eval-report", f"other={TINY / 'dense' / 'eval_test.json'}"],
+     "no model named 'other'"),
+    (["--model", f"a={TINY / 'dense.onnx'}", "--model", f"a={TINY / 'pruned50.onnx'}"], "a is used twice"),
+    (["--model", f"dense={TINY / 'dense.onnx'}", "--prompt-lengths", "64,x"], "--prompt-lengths"),
+    (["--model", f"dense={TINY / 'dense.onnx'}", "--repeats", "0"], "--repeats"),
+])
+def test_bad_input_is_one_line_and_exit_2(ct, capsys, tmp_path, extra, expected):
+    with pytest.raises(SystemExit) as exc:
+        ct.main([*extra, "--out", str(tmp_path / "out")])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and expected in err, err
+    assert not (tmp_path / "out").exists()
+
+
+def test_eval_report_that_is_not_json_exits_2(ct, capsys, tmp_path):
+    bad = tmp_path / "eval.json"
+    bad.write_text("{not json")
+    with pytest.raises(SystemExit) as exc:
+        ct.main(["--model", f"dense={TINY / 'dense.onnx'}", "--eval-report", f"dense={bad}", "--out", str(tmp_path)])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "is not a JSON report" in err
+
+
+def test_model_that_does_not_load_exits_2_naming_it(tmp_path):
+    bad = tmp_path / "broken.onnx"
+    bad.write_bytes(b"this is not an ONNX file")
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--model", f"broken={bad}", "--repeats", "1",
+                           "--out", str(tmp_path / "out")], capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert proc.returncode == 2
+    lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("compare_throughput:")]
+    assert len(lines) == 1 and f"--model broken={bad}" in lines[0], proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_rapl_meter_counts_joules_and_wraps(tmp_path):
+    energy = _load("_energy", REPO / "bench" / "_energy.py")
+    (tmp_path / "energy_uj").write_text("1000000\n")
+    (tmp_path / "max_energy_range_uj").write_text("5000000\n")
+    meter = energy.RaplMeter(tmp_path)
+    meter.start()
+    (tmp_path / "energy_uj").write_text("3500000\n")
+    assert meter.stop() == pytest.approx(2.5)
+    meter.start()
+    (tmp_path / "energy_uj").write_text("500000\n")  # wrapped past 5 J
+    assert meter.stop() == pytest.approx(2.0)
+    with pytest.raises(OSError):
+        energy.RaplMeter(tmp_path / "missing")
