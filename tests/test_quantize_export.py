@@ -119,7 +119,11 @@ def test_parity_per_variant(models, variants, model, variant):
     tol = TOLERANCES[kind]
     assert report.variant == kind
     assert all(d["logits_ok"] for d in report.details), report.summary()
-    assert report.max_abs_logit_diff <= report.logit_tolerance
+    if tol.max_mean_kl is None:  # float graphs: max |logit diff| bound
+        assert report.max_abs_logit_diff <= report.logit_tolerance
+    else:  # quantized: mean KL at the answer steps (the max |logit diff| is only reported)
+        assert 0.0 < report.mean_kl <= tol.max_mean_kl, report.summary()
+        assert "mean KL" in report.summary()
     assert 0.0 < report.token_agreement <= 1.0
     assert report.ok == (report.token_agreement >= tol.min_token_agreement), report.summary()
     # tied models: the float variants store the vocab x hidden table once (the LM head reads
@@ -156,6 +160,38 @@ def test_greedy_divergence_does_not_fail_quantized_parity(models, variants):
     assert report.identical_answers < len(PROMPTS)  # at this weight scale int4 answers drift
     assert "identical greedy answers" in report.summary() and "token agreement" in report.summary()
     assert all("token_agreement" in d for d in report.details)
+
+
+def test_a_broken_quantized_file_fails_the_kl_criterion(models, variants, tmp_path):
+    """Exchange the MLP down-projection weights of the first and last layer of the int4 file (same
+    shapes, so it loads and runs): the answer-step distributions move by far more than the int4
+    KL bound, and parity says so."""
+    from onnx import numpy_helper
+
+    proto = onnx.load(str(variants["dense", "int4"]))
+    inits = {i.name: i for i in proto.graph.initializer}
+    down = [inits[n.input[1]] for n in proto.graph.node if n.op_type == "MatMulNBits"  # K = MLP width, N = hidden
+            and {a.name: a.i for a in n.attribute}.get("K") == DENSE_LAYERS[0].intermediate_size]
+    assert len(down) == len(DENSE_LAYERS)
+    first, last = numpy_helper.to_array(down[0]).copy(), numpy_helper.to_array(down[-1]).copy()
+    down[0].CopyFrom(numpy_helper.from_array(last, down[0].name))
+    down[-1].CopyFrom(numpy_helper.from_array(first, down[-1].name))
+    broken = tmp_path / "broken-int4.onnx"
+    onnx.save(proto, str(broken))
+    good = check_parity(models["dense"], variants["dense", "int4"], PROMPTS, BUDGET)
+    bad = check_parity(models["dense"], broken, PROMPTS, BUDGET)
+    assert not bad.ok and "mean KL" in bad.message, bad.summary()
+    assert bad.mean_kl > TOLERANCES["int4"].max_mean_kl > good.mean_kl
+
+
+def test_mean_kl_on_known_distributions():
+    from edge_runtime.export.parity import mean_kl
+
+    logits = np.log(np.array([[0.5, 0.25, 0.25], [0.9, 0.05, 0.05]]))
+    assert mean_kl(logits, logits + 3.0) == pytest.approx(0.0, abs=1e-12)  # a shift changes nothing
+    other = np.log(np.array([[0.25, 0.5, 0.25], [0.9, 0.05, 0.05]]))
+    want = (0.5 * np.log(2) + 0.25 * np.log(0.5)) / 2  # row 1 only, averaged over the two rows
+    assert mean_kl(logits, other) == pytest.approx(want, rel=1e-9)
 
 
 def test_tolerance_table_covers_every_variant():

@@ -90,6 +90,11 @@ def main(argv: list[str] | None = None) -> int:
     # never gets this far.
     report = {"model": args.model, "parameters": policy.parameter_count(), "file_size": policy.file_size(),
               "constrained": bool(args.constrained)}
+    generator = getattr(policy, "generator", None)
+    if generator is not None:  # an ONNX file: which weights it was exported from, and how it was quantized
+        report["source_sha256"] = generator.source_sha256
+        raw = generator.metadata.get("edge_runtime.quantization")
+        report["quantization"] = json.loads(raw) if raw else None
     try:
         if args.task in ("mpc", "both"):
             report["mpc"] = evaluate_mpc(policy, settings, oracle)

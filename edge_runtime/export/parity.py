@@ -18,21 +18,28 @@ For every prompt:
 **The tolerance table** (``TOLERANCES``; one row per variant -- the graph dtype, or the
 quantization kind of a quantized file, ``edge_runtime.quantization``):
 
-    variant  atol   rtol   greedy answers                  token agreement
-    fp32     1e-3   1e-4   identical, no exception         --
-    fp16     2e-2   1e-2   identical except at near ties   --
-    int8     0.5    0.10   reported, not required          >= 0.90
-    int4     1.0    0.15   reported, not required          >= 0.80
+    variant  logits                              greedy answers                  token agreement
+    fp32     max |diff| <= 1e-3 + 1e-4 * scale   identical, no exception         --
+    fp16     max |diff| <= 2e-2 + 1e-2 * scale   identical except at near ties   --
+    int8     mean KL at answer steps <= 0.10     reported, not required          >= 0.90
+    int4     mean KL at answer steps <= 0.25     reported, not required          >= 0.80
 
-The bounds were set from max |logit diff| measurements on random tiny test models and on the
-trained ``models/dense`` (with edge-export's parity prompts); the measurements, per model and
-commit, are in ``bench/results/quantization.md`` ("Calibration of the parity tolerance table").
-They are meant to catch broken graphs, not to rank quantizers, so they were not widened when a
-trained model's dynamic int8 file moved its largest logit past the int8 bound: weight-only int8
-passes. Random tiny test models are far more sensitive to weight rounding than a trained one
-(their int4 agreement varies widely with their weight scale), so the tests check the mechanism
-(bounds, agreement bookkeeping) on them and the floors above are calibrated on the trained
-model.
+(``scale``: the prompt's largest |reference logit|.) The float bounds were set from max |logit
+diff| measurements on random tiny test models and trained tiny models. For quantized files the
+max |logit diff| over every prompt position and the whole vocabulary turned out to measure the
+wrong thing on a real model: SmolLM2-135M's working int4 file moves some logit by 16-19 (bound
+7.8) at prompt positions nobody samples from, while its answers agree token for token 96 % of the
+time. Their criterion is therefore the *mean KL divergence* KL(PyTorch || file) of the next-token
+distributions at the answer steps (teacher forced on the reference answer), per prompt; the max
+|logit diff| is still computed and reported. The KL bounds sit between working and deliberately
+broken files (``bench/parity_calibration.py``: the MLP down-projections of the first and last
+layer swapped, or one layer's attention output zeroed): working int8 / int4 files measure
+<= 5e-5 / 0.002-0.02 nats, broken ones 0.9-8 nats (per model and commit in
+``bench/results/quantization.md``, "Calibration of the parity tolerance table"). They are meant to
+catch broken graphs, not to rank quantizers: the task-level check is ``edge-eval``. Random tiny
+test models are far more sensitive to weight rounding than a trained one (their int4 agreement
+varies widely with their weight scale), so the tests check the mechanism (bounds, agreement
+bookkeeping) on them and the floors above are calibrated on trained models.
 
 fp16: the weights are rounded to float16, so the error grows with the logit scale -- hence the
 relative part. A divergence is tolerated only at a *near tie*: a step where the PyTorch
@@ -45,9 +52,9 @@ Greedy decoding of random tiny models hits such ties often; trained models rarel
 int8 / int4 (``edge_runtime.export.quantize``): rounding every weight to 8 or 4 bits moves the
 logits by O(1) on a trained model whose logits are in the tens, so whole greedy answers
 legitimately diverge (how many, per model and variant: ``bench/results/quantization.md``).
-Parity for them means: the logits stay within a loose bound (it catches a broken graph -- a
-wrong layout or a lost layer moves them by the logit scale itself) and the teacher-forced token
-agreement stays above the table's floor; the agreement fraction is reported, and the task-level
+Parity for them means: the answer-step distributions stay within the KL bound (a broken graph --
+a wrong layout, a lost layer -- moves them by nats) and the teacher-forced token agreement stays
+above the table's floor; the agreement fraction is reported, and the task-level
 check is the held-out score (``edge-eval --model X.onnx --task both``), reported beside it.
 
 The ONNX side runs through the vehicle's decoding engine on purpose: parity then also covers the
@@ -68,7 +75,7 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["TOLERANCES", "LogitTolerance", "ParityReport", "check_parity", "parity_variant"]
+__all__ = ["TOLERANCES", "LogitTolerance", "ParityReport", "check_parity", "mean_kl", "parity_variant"]
 
 
 @dataclass(frozen=True)
@@ -76,13 +83,16 @@ class LogitTolerance:
     """One row of the tolerance table (see the module docstring).
 
     ``require_identical``: every greedy answer must be identical (near ties excepted when
-    ``allow_near_ties``); ``min_token_agreement``: floor on the teacher-forced token agreement."""
+    ``allow_near_ties``); ``min_token_agreement``: floor on the teacher-forced token agreement;
+    ``max_mean_kl``: when set, the logit criterion is the mean KL divergence at the answer steps
+    instead of the max |logit diff| bound (which is then only reported)."""
 
     atol: float
     rtol: float
     allow_near_ties: bool
     require_identical: bool = True
     min_token_agreement: float = 0.0
+    max_mean_kl: float | None = None
 
     def bound(self, reference_max_abs: float) -> float:
         return self.atol + self.rtol * reference_max_abs
@@ -92,9 +102,9 @@ TOLERANCES: dict[str, LogitTolerance] = {
     "fp32": LogitTolerance(atol=1e-3, rtol=1e-4, allow_near_ties=False),
     "fp16": LogitTolerance(atol=2e-2, rtol=1e-2, allow_near_ties=True),
     "int8": LogitTolerance(atol=0.5, rtol=0.10, allow_near_ties=True, require_identical=False,
-                           min_token_agreement=0.90),
+                           min_token_agreement=0.90, max_mean_kl=0.10),
     "int4": LogitTolerance(atol=1.0, rtol=0.15, allow_near_ties=True, require_identical=False,
-                           min_token_agreement=0.80),
+                           min_token_agreement=0.80, max_mean_kl=0.25),
 }
 
 
@@ -111,22 +121,30 @@ class ParityReport:
     message: str = ""
     variant: str = ""              # the TOLERANCES row used: the dtype, or the quantization kind
     token_agreement: float = 1.0   # teacher-forced, over all answer tokens of all prompts
+    mean_kl: float = 0.0           # the largest per-prompt mean KL(reference || file) over answer steps, nats
 
     @property
     def identical_fraction(self) -> float:
         return self.identical_answers / self.n_prompts if self.n_prompts else 0.0
 
     def summary(self) -> str:
-        return (f"parity {'OK' if self.ok else 'FAILED'} ({self.variant or self.dtype}): max |logit diff| "
-                f"{self.max_abs_logit_diff:.3g} (tolerance {self.logit_tolerance:.3g}), identical greedy answers "
+        tol = TOLERANCES.get(self.variant)
+        if tol is not None and tol.max_mean_kl is not None:
+            logits = (f"mean KL {self.mean_kl:.3g} nats (tolerance {tol.max_mean_kl}), max |logit diff| "
+                      f"{self.max_abs_logit_diff:.3g}")
+        else:
+            logits = f"max |logit diff| {self.max_abs_logit_diff:.3g} (tolerance {self.logit_tolerance:.3g})"
+        return (f"parity {'OK' if self.ok else 'FAILED'} ({self.variant or self.dtype}): {logits}, identical greedy answers "
                 f"{self.identical_answers}/{self.n_prompts}" + (f", near ties {self.near_ties}" if self.near_ties else "")
                 + f", token agreement {self.token_agreement:.3f}"
                 + (f" -- {self.message}" if self.message else ""))
 
 
 @torch.no_grad()
-def _torch_greedy(model, ids: list[int], max_new_tokens: int, eos_id: int) -> tuple[np.ndarray, list[int], list[float]]:
-    """(prefill logits [seq, vocab], greedy tokens, top1 - top2 logit gap at every step)."""
+def _torch_greedy(model, ids: list[int], max_new_tokens: int,
+                  eos_id: int) -> tuple[np.ndarray, list[int], list[float], np.ndarray]:
+    """(prefill logits [seq, vocab], greedy tokens, top1 - top2 logit gap at every step, the
+    logits each step chose from [steps, vocab])."""
     out = model(input_ids=torch.tensor([ids]), use_cache=True)
     prefill = out.logits[0].float().numpy()
     cache = _cache_of(out)
@@ -134,7 +152,9 @@ def _torch_greedy(model, ids: list[int], max_new_tokens: int, eos_id: int) -> tu
     logits = out.logits[0, -1].float()
     tokens: list[int] = []
     gaps: list[float] = []
+    steps: list[np.ndarray] = []
     while True:
+        steps.append(logits.numpy().copy())
         top = torch.topk(logits, 2)
         token = int(top.indices[0])
         tokens.append(token)
@@ -146,7 +166,19 @@ def _torch_greedy(model, ids: list[int], max_new_tokens: int, eos_id: int) -> tu
                     attention_mask=torch.ones(1, n, dtype=torch.long), use_cache=True, **{cache_kwarg: cache})
         cache = _cache_of(out)
         logits = out.logits[0, -1].float()
-    return prefill, tokens, gaps
+    return prefill, tokens, gaps, np.stack(steps)
+
+
+def mean_kl(reference: np.ndarray, other: np.ndarray) -> float:
+    """Mean over rows of KL(softmax(reference) || softmax(other)), in nats: how much probability
+    mass the other model moves away from the reference's next-token distribution."""
+    ref = reference.astype(np.float64)
+    oth = other.astype(np.float64)
+    ref_log = ref - ref.max(-1, keepdims=True)
+    ref_log -= np.log(np.exp(ref_log).sum(-1, keepdims=True))
+    oth_log = oth - oth.max(-1, keepdims=True)
+    oth_log -= np.log(np.exp(oth_log).sum(-1, keepdims=True))
+    return float(np.mean(np.sum(np.exp(ref_log) * (ref_log - oth_log), axis=-1)))
 
 
 def _cache_of(out):
@@ -212,11 +244,11 @@ def check_parity(model_dir: str | os.PathLike, onnx_path: str | os.PathLike, pro
             messages.append(f"the ONNX file was exported from other weights (source_sha256 "
                             f"{generator.source_sha256[:12]}..., {model_dir} has {sha[:12]}...)")
         details: list[dict[str, Any]] = []
-        max_diff, bound_max, identical, near_ties, ok = 0.0, 0.0, 0, 0, True
+        max_diff, bound_max, kl_max, identical, near_ties, ok = 0.0, 0.0, 0.0, 0, 0, True
         agreed, answer_tokens = 0, 0
         for k, (prompt, budget) in enumerate(zip(prompts, budgets)):
             ids = generator.encode(prompt)
-            ref_logits, ref_tokens, gaps = _torch_greedy(model, ids, budget, generator.eos_id)
+            ref_logits, ref_tokens, gaps, ref_steps = _torch_greedy(model, ids, budget, generator.eos_id)
             onnx_logits = generator.prefill_logits(ids).astype(np.float32)
             diff = float(np.max(np.abs(onnx_logits - ref_logits)))
             bound = tol.bound(float(np.max(np.abs(ref_logits))))
@@ -227,25 +259,28 @@ def check_parity(model_dir: str | os.PathLike, onnx_path: str | os.PathLike, pro
                 (i for i, (a, b) in enumerate(zip(ref_tokens, onnx_tokens)) if a != b), min(len(ref_tokens), len(onnx_tokens)))
             gap = gaps[divergence] if divergence is not None and divergence < len(gaps) else None
             near_tie = bool(not same and gap is not None and gap < 2 * max(diff, tol.atol))
-            logits_ok = diff <= bound
             tokens_ok = same or (near_tie and tol.allow_near_ties) or not tol.require_identical
             forced = ids + ref_tokens[:-1]  # teacher forcing: the reference answer as the prefix
-            forced_argmax = np.argmax(generator.prefill_logits(forced)[len(ids) - 1:], axis=-1)
-            agree = int(np.sum(forced_argmax == np.asarray(ref_tokens)))
+            forced_logits = generator.prefill_logits(forced)[len(ids) - 1:]
+            kl = mean_kl(ref_steps, forced_logits)
+            logits_ok = diff <= bound if tol.max_mean_kl is None else kl <= tol.max_mean_kl
+            agree = int(np.sum(np.argmax(forced_logits, axis=-1) == np.asarray(ref_tokens)))
             agreed, answer_tokens = agreed + agree, answer_tokens + len(ref_tokens)
             identical += same
             near_ties += near_tie
             ok &= logits_ok and tokens_ok
-            max_diff, bound_max = max(max_diff, diff), max(bound_max, bound)
+            max_diff, bound_max, kl_max = max(max_diff, diff), max(bound_max, bound), max(kl_max, kl)
             details.append({
                 "prompt": k, "prompt_tokens": len(ids), "max_abs_logit_diff": diff, "logit_bound": bound,
+                "mean_kl": kl,
                 "logits_ok": logits_ok, "identical": same, "torch_tokens": len(ref_tokens),
                 "onnx_tokens": len(onnx_tokens), "first_divergence": divergence,
                 "reference_gap_at_divergence": gap, "near_tie": near_tie,
                 "token_agreement": agree / len(ref_tokens),
             })
             if not logits_ok:
-                messages.append(f"prompt {k}: logit diff {diff:.3g} > {bound:.3g}")
+                messages.append(f"prompt {k}: logit diff {diff:.3g} > {bound:.3g}" if tol.max_mean_kl is None else
+                                f"prompt {k}: mean KL {kl:.3g} nats > {tol.max_mean_kl} ({variant})")
             if not tokens_ok:
                 messages.append(f"prompt {k}: greedy tokens differ from step {divergence} "
                                 f"(reference top-2 gap {gap if gap is None else round(gap, 4)})")
@@ -260,4 +295,4 @@ def check_parity(model_dir: str | os.PathLike, onnx_path: str | os.PathLike, pro
     msg = "; ".join(messages[:4]) + (f"; ... {len(messages) - 4} more" if len(messages) > 4 else "")
     return ParityReport(ok=bool(ok), max_abs_logit_diff=max_diff, identical_answers=identical, n_prompts=len(prompts),
                         details=details, dtype=generator.dtype, logit_tolerance=bound_max, near_ties=near_ties,
-                        message=msg, variant=variant, token_agreement=token_agreement)
+                        message=msg, variant=variant, token_agreement=token_agreement, mean_kl=kl_max)

@@ -94,7 +94,19 @@ def _score_lines(model_dir: Path, report_path: Path) -> list[str]:
     lines: list[str] = []
     split = _report_split(rep)
     title = _SPLIT_TITLE.get(split, split)
-    lines += [f"## {title} scores", ""]
+    evaluated = str(rep.get("model", model_dir))
+    onnx_file = evaluated.endswith(".onnx")
+    if onnx_file:  # the vehicle file: say which, how it was quantized, and how it decoded
+        q = rep.get("quantization")
+        how = ("fp32" if not q else f"{q['kind']} {q.get('method', '')}".strip()
+               + (f", block {q['block_size']}" if q.get("block_size") else "")
+               + (f", accuracy_level {q['accuracy_level']}" if q.get("accuracy_level") is not None else "")
+               + (f", embedding {q['embedding']}" if q.get("embedding") else ""))
+        size = f", {rep['file_size'] / 2**20:.1f} MiB" if rep.get("file_size") else ""
+        decoding = "grammar-constrained" if rep.get("constrained") else "free"
+        lines += [f"## {title} scores: `{Path(evaluated).name}` ({how}{size}; {decoding} decoding)", ""]
+    else:
+        lines += [f"## {title} scores" + (": PyTorch fp32 weights" if rep.get("model") else ""), ""]
     if split in ("validation", "heldout"):
         lines += ["These are validation numbers (the former held-out set): recipes were chosen after reading "
                   "them, so they overstate what an unseen instruction scores; the test split reports that "
@@ -122,8 +134,9 @@ def _score_lines(model_dir: Path, report_path: Path) -> list[str]:
                      f"{d['examples']} balanced {split} examples (track `{d['track']}`); "
                      f"parse failures {d['parse_failures'] or 0}")
     eval_split = "validation" if split == "heldout" else split
-    lines += ["", f"Reproduce the scores: `edge-eval --model {model_dir} --task both --split {eval_split} "
-                  f"--json {report_path.name}`", ""]
+    constrained = " --constrained" if rep.get("constrained") else ""
+    lines += ["", f"Reproduce the scores: `edge-eval --model {evaluated if onnx_file else model_dir} --task both "
+                  f"--split {eval_split}{constrained} --json {report_path.name}`", ""]
     return lines
 
 
@@ -149,7 +162,14 @@ def write_model_card(model_dir: Path, eval_reports: Sequence[Path] = (), notes: 
     per split, test first); ``notes`` (Markdown,
     written by a person: limitations, provenance) is appended as its own section."""
     summary = json.loads((model_dir / "train_summary.json").read_text())
-    size = (model_dir / "model.safetensors").stat().st_size
+    weights_file = model_dir / "model.safetensors"
+    meta_file = model_dir / "edge_runtime_meta.json"
+    weights_sha = json.loads(meta_file.read_text()).get("model_sha256") if meta_file.is_file() else None
+    sha = f", sha256 `{weights_sha}`" if weights_sha else ""
+    if weights_file.is_file():
+        weights = f"weights: {weights_file.stat().st_size / 2**20:.2f} MiB (safetensors, fp32{sha})"
+    else:  # a large model ships its vehicle file; the stages below rebuild the fp32 weights
+        weights = f"fp32 weights not shipped (rebuilt by the stages below{sha})"
     stages = []
     stage = summary
     while stage is not None:  # earliest stage first
@@ -165,7 +185,7 @@ def write_model_card(model_dir: Path, eval_reports: Sequence[Path] = (), notes: 
         "",
         "## Training",
         "",
-        f"- parameters: {summary['parameters']:,}; weights: {size / 2**20:.2f} MiB (safetensors, fp32)",
+        f"- parameters: {summary['parameters']:,}; {weights}",
         f"- total wall time {sum(st['wall_time_s'] for st in stages) / 60:.1f} min on {_where(summary)}",
         "",
     ]
