@@ -19,6 +19,10 @@ cache is a property of that operator, not of anything the PyTorch model computes
                    h  = RMSNorm(x) ; g, u = split(h @ [Wgate|Wup]_i) ; x = x + (silu(g) * u) @ Wdown_i
     logits = RMSNorm(x) @ lm_head          (tied: Transpose(embed), the table is stored once)
 
+Every residual Add followed by an RMSNorm (all but layer 0's input norm) is one
+``SkipSimplifiedLayerNormalization`` (com.microsoft, CPU and CUDA kernels): it returns both the
+normalised sum and the sum itself, so the sum is not written and read back by a separate Add.
+
 I/O names are the contract's (design.md, "ONNX decoder"); what differs is the cache dimension:
 
     inputs   input_ids [batch, seq] int64, attention_mask [batch, total_seq] int64,
@@ -124,13 +128,23 @@ def build_shared_cache_graph(model: Any, spec: ArchSpec, capacity: int = DEFAULT
     node("Squeeze", ["mask.shape"], ["total.i64"])
     node("Cast", ["total.i64"], ["total_seq"], to=TensorProto.INT32)
 
+    def skip_norm(delta: str, residual: str, gamma: str, normed: str, summed: str) -> None:
+        """summed = residual + delta; normed = RMSNorm(summed) -- one fused contrib kernel instead of
+        an Add and a norm that reads the sum back from memory (what onnxruntime-genai's graphs use)."""
+        node("SkipSimplifiedLayerNormalization", [delta, residual, gamma], [normed, "", "", summed],
+             domain=MS_DOMAIN, epsilon=eps)
+
     node("Gather", ["embed_tokens", "input_ids"], ["x.0"])
     x = "x.0"
+    pending_mlp: tuple[str, str] | None = None  # (residual, mlp output) of the previous layer, not yet added
     for i, layer in enumerate(spec.layers):
         p = f"model.layers.{i}."
         nq, nkv, inter = layer.num_q_heads, layer.num_kv_heads, layer.intermediate_size
-        node("RMSNormalization", [x, init(f"{p}input_layernorm", state[p + "input_layernorm.weight"])],
-             [f"l{i}.h1"], epsilon=eps, axis=-1)
+        gamma_in = init(f"{p}input_layernorm", state[p + "input_layernorm.weight"])
+        if pending_mlp is None:
+            node("RMSNormalization", [x, gamma_in], [f"l{i}.h1"], epsilon=eps, axis=-1)
+        else:
+            skip_norm(pending_mlp[1], pending_mlp[0], gamma_in, f"l{i}.h1", x)
         wqkv = np.concatenate([state[p + f"self_attn.{n}_proj.weight"] for n in "qkv"], axis=0).T
         node("MatMul", [f"l{i}.h1", init(f"{p}qkv.weight", wqkv)], [f"l{i}.qkv_nb"])
         qkv = f"l{i}.qkv_nb"
@@ -144,10 +158,8 @@ def build_shared_cache_graph(model: Any, spec: ArchSpec, capacity: int = DEFAULT
              [f"l{i}.attn", f"present.{i}.key", f"present.{i}.value"], domain=MS_DOMAIN,
              num_heads=nq, kv_num_heads=nkv, do_rotary=1, rotary_interleaved=0, scale=1.0 / math.sqrt(d))
         node("MatMul", [f"l{i}.attn", init(f"{p}o.weight", state[p + "self_attn.o_proj.weight"].T)], [f"l{i}.o"])
-        node("Add", [x, f"l{i}.o"], [f"l{i}.x_attn"])
-        node("RMSNormalization", [f"l{i}.x_attn", init(f"{p}post_attention_layernorm",
-                                                       state[p + "post_attention_layernorm.weight"])],
-             [f"l{i}.h2"], epsilon=eps, axis=-1)
+        skip_norm(f"l{i}.o", x, init(f"{p}post_attention_layernorm", state[p + "post_attention_layernorm.weight"]),
+                  f"l{i}.h2", f"l{i}.x_attn")
         wgu = np.concatenate([state[p + "mlp.gate_proj.weight"], state[p + "mlp.up_proj.weight"]], axis=0).T
         node("MatMul", [f"l{i}.h2", init(f"{p}gate_up.weight", wgu)], [f"l{i}.gu"])
         node("Split", [f"l{i}.gu", init(f"{p}split", np.array([inter, inter], dtype=np.int64))],
@@ -156,9 +168,9 @@ def build_shared_cache_graph(model: Any, spec: ArchSpec, capacity: int = DEFAULT
         node("Mul", [f"l{i}.gate", f"l{i}.sig"], [f"l{i}.silu"])
         node("Mul", [f"l{i}.silu", f"l{i}.up"], [f"l{i}.act"])
         node("MatMul", [f"l{i}.act", init(f"{p}down.weight", state[p + "mlp.down_proj.weight"].T)], [f"l{i}.mlp"])
-        node("Add", [f"l{i}.x_attn", f"l{i}.mlp"], [f"x.{i + 1}"])
+        pending_mlp = (f"l{i}.x_attn", f"l{i}.mlp")  # added by the next norm: x.{i + 1} = x_attn + mlp
         x = f"x.{i + 1}"
-    node("RMSNormalization", [x, init("model.norm", state["model.norm.weight"])], ["h.final"], epsilon=eps, axis=-1)
+    skip_norm(pending_mlp[1], pending_mlp[0], init("model.norm", state["model.norm.weight"]), "h.final", x)
     node("MatMul", ["h.final", "lm_head.T"], ["logits"])
 
     f32, i64 = TensorProto.FLOAT, TensorProto.INT64
@@ -175,6 +187,10 @@ def build_shared_cache_graph(model: Any, spec: ArchSpec, capacity: int = DEFAULT
     # types and shapes so that tools relying on it (ONNX Runtime's quantizers) see the whole graph
     value_info = [helper.make_tensor_value_info(f"l{i}.attn", f32, ["batch", "seq", layer.num_q_heads * d])
                   for i, layer in enumerate(spec.layers)]
+    hidden = ["batch", "seq", spec.hidden_size]
+    value_info += [helper.make_tensor_value_info(name, f32, hidden) for i in range(spec.num_layers)
+                   for name in (f"l{i}.h1", f"l{i}.h2", f"l{i}.x_attn", f"x.{i}")]
+    value_info += [helper.make_tensor_value_info(name, f32, hidden) for name in ("h.final", f"x.{spec.num_layers}")]
     graph = helper.make_graph(nodes, "edge_runtime_decoder_shared_cache", inputs, outputs, inits,
                               value_info=value_info)
     proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET), helper.make_opsetid(MS_DOMAIN, 1)])
