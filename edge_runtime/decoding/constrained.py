@@ -301,6 +301,13 @@ def _choose(logits: np.ndarray, allowed: np.ndarray | None, temperature: float, 
     return k if allowed is None else int(allowed[k])
 
 
+def _prefill(session: DecodeSession, ids: list[int]) -> np.ndarray:
+    """The prompt's logits (at least the last row): ``session.prefill`` where the session has one
+    (the ONNX generator's, which starts from a cached prompt prefix), else ``append_tokens``."""
+    prefill = getattr(session, "prefill", None)
+    return prefill(ids) if prefill is not None else session.append_tokens(ids)
+
+
 def generate_constrained(gen: StepDecoder, prompt: str, max_new_tokens: int,
                          constraint: TokenConstraint | None, *, temperature: float = 0.0,
                          rng: np.random.Generator | None = None, stop_at_eos: bool = True,
@@ -359,9 +366,9 @@ def generate_constrained(gen: StepDecoder, prompt: str, max_new_tokens: int,
         session = gen.start()
         passes += 1
         if skip_forced:
-            logits = session.append_tokens(ids + pending)
+            logits = _prefill(session, ids + pending)
         else:
-            logits = session.append_tokens(ids)
+            logits = _prefill(session, ids)
             if pending:
                 logits = feed(session, pending)
         pending = []

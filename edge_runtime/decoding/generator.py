@@ -42,6 +42,30 @@ KV cache handling, by the file's layout (metadata ``edge_runtime.kv_cache``):
 
 Only the logits come back to host memory.
 
+**Binding reuse.** Each :class:`DecodeState` builds one IOBinding on its first run and keeps it:
+the shared cache's buffers are bound once (as past and present), ``input_ids`` / ``position_ids``
+are host arrays wrapped once as OrtValues (their memory is the array's, so a step writes the new
+token and position into them in place), ``attention_mask`` (all ones; only its length changes)
+is re-pointed at a prefix of one preallocated ones buffer, and ``logits`` is bound to a
+preallocated host array. A one-token step then costs two scalar writes, one re-pointing and
+``run_with_iobinding``. A run of a different length re-binds the token inputs and the logits
+once. The concat layout reuses the same binding and buffers but must still re-bind its pasts and
+let ONNX Runtime allocate its presents each step (they grow by one token). ``append_tokens``
+returns a fresh array (a multi-token run's own logits buffer, or a copy of the one-token row), so
+logits a caller keeps are never overwritten by a later step.
+
+**Prompt-prefix cache.** ``cache_prefix(ids)`` prefills a token prefix once (for the MPC prompt:
+the role, the parameter table and the answer format before the instruction -- the runtime's LLM
+worker registers it at load, :meth:`OnnxGenerator.cache_common_prefix`) and keeps a host copy of
+its KV entries. :meth:`DecodeState.prefill` (used by ``generate`` and constrained decoding) then
+looks for the registered prefix sharing the longest run of leading token ids with the prompt,
+copies those ``k`` positions into the state's cache and runs only the rest of the prompt. It
+compares token ids, not text: BPE may merge the prefix's last characters with the instruction's,
+and then only the positions before the first differing id are reused (keys and values at a
+position depend only on the tokens up to it, so the reused entries are exactly what a full
+prefill computes, up to the float summation order). At least the prompt's last token is always
+run (its logits are needed). ``prefix_stats`` counts full, partial and missed reuses.
+
 Timing (``GenerationResult``): ``time_to_first_token_s`` runs from the call to the first token
 being known (tokenization + prefill + argmax); ``decode_times_s`` holds one entry per further
 token (the graph run + argmax for that token), so ``len(decode_times_s) == emitted_tokens - 1``;
@@ -78,12 +102,28 @@ from ..contracts.generation import Generation
 from .graph_check import check_graph_against_spec
 from .model_file import META, ModelLoadError, json_field, one_line, open_session, read_metadata
 from .providers import ProviderConfig, provider_names, resolve_providers
-from .step_api import GenerationResult, KVCapacityError
+from .step_api import GenerationResult, KVCapacityError, common_prefix_length
 
-__all__ = ["DecodeState", "KVCapacityError", "OnnxGenerator", "OnnxPolicy"]
+__all__ = ["DecodeState", "KVCapacityError", "OnnxGenerator", "OnnxPolicy", "PrefixCache"]
 
 _GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
 _NP_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
+_MAX_PREFIXES = 8  # registered prompt prefixes kept per generator (oldest dropped first)
+
+
+class PrefixCache:
+    """One registered prompt prefix: its token ids and a host copy of its KV entries (one array per
+    past input, in ``past_key_values`` order; ``[1, kv_heads, len(ids), head_dim]``, or the whole
+    shared buffer when the cache lives on a GPU, where a copy back is one ``update_inplace``)."""
+
+    __slots__ = ("ids", "kv")
+
+    def __init__(self, ids: tuple[int, ...], kv: list[np.ndarray]) -> None:
+        self.ids = ids
+        self.kv = kv
+
+    def __len__(self) -> int:
+        return len(self.ids)
 
 
 class OnnxGenerator:
@@ -157,6 +197,10 @@ class OnnxGenerator:
         gpu = next((p for p in self.providers if p in _GPU_PROVIDERS), None)
         self._device = "cuda" if gpu else "cpu"
         self._kv_buffers: list[ort.OrtValue] | None = None  # shared layout: allocated on first use
+        self._kv_host: list[np.ndarray] | None = None  # shared layout on CPU: the buffers' numpy memory
+        self._ones = np.ones((1, self.kv_capacity or 256), dtype=np.int64)  # attention_mask source (grows: concat)
+        self._prefixes: list[PrefixCache] = []
+        self.prefix_stats = {"full": 0, "partial": 0, "miss": 0, "reused_tokens": 0}
         self._owner = 0  # shared layout: the id of the DecodeState that holds the buffers (see start())
         self._last_state_id = 0
         if self.constrained:  # refuse at load, in one line, a model the grammar cannot be laid over
@@ -181,6 +225,8 @@ class OnnxGenerator:
         if first.type not in _NP_DTYPES:
             raise ModelLoadError(f"{self.path}: unsupported KV cache type {first.type}")
         self.kv_dtype = _NP_DTYPES[first.type]
+        logits = next(o for o in self.session.get_outputs() if o.name == "logits")
+        self.logits_dtype = _NP_DTYPES.get(logits.type, np.float32)
 
     def _empty_past(self) -> list[ort.OrtValue]:
         """The cache a sequence starts with: empty pasts (concat), or the generator's buffers
@@ -188,10 +234,17 @@ class OnnxGenerator:
         if self.kv_layout == "shared":
             if self._kv_buffers is None:
                 self._kv_buffers = []
+                host = [] if self._device == "cpu" else None
                 for (b, kv, _, hd) in self.spec.kv_cache_shapes(1, 0):
                     for _kind in ("key", "value"):
-                        self._kv_buffers.append(ort.OrtValue.ortvalue_from_shape_and_type(
-                            [b, kv, self.kv_capacity, hd], self.kv_dtype, self._device, 0))
+                        shape = [b, kv, self.kv_capacity, hd]
+                        if host is not None:  # numpy memory: a cached prefix is copied in with np.copyto
+                            host.append(np.zeros(shape, dtype=self.kv_dtype))
+                            self._kv_buffers.append(ort.OrtValue.ortvalue_from_numpy(host[-1], "cpu", 0))
+                        else:
+                            self._kv_buffers.append(ort.OrtValue.ortvalue_from_shape_and_type(
+                                shape, self.kv_dtype, self._device, 0))
+                self._kv_host = host
             return self._kv_buffers
         values = []
         for (b, kv, p, hd) in self.spec.kv_cache_shapes(1, 0):
@@ -206,6 +259,74 @@ class OnnxGenerator:
         if self.kv_layout == "shared":
             self._owner = self._last_state_id
         return self._last_state_id, self._empty_past()
+
+    def _mask(self, length: int) -> np.ndarray:
+        """A ones buffer of at least ``length`` entries (attention_mask is bound to its first ``length``)."""
+        if self._ones.shape[1] < length:
+            self._ones = np.ones((1, max(length, 2 * self._ones.shape[1])), dtype=np.int64)
+        return self._ones
+
+    # ---------------------------------------------------------------- prefix cache
+    def cache_prefix(self, token_ids: Sequence[int]) -> PrefixCache:
+        """Prefill ``token_ids`` once and register their KV entries: a later :meth:`DecodeState.prefill`
+        of a prompt that starts with (some of) these ids copies them instead of recomputing them.
+
+        KVCapacityError when the prefix leaves no room in the shared cache. Registering the same ids
+        again returns the entry (nothing runs); at most a few prefixes are kept (oldest dropped). With
+        the shared layout the prefill takes the cache buffers: a state started before refuses to run
+        afterwards."""
+        arr = np.asarray(token_ids)
+        if arr.ndim != 1 or not arr.size or arr.dtype.kind not in "iu":
+            raise ValueError(f"cache_prefix needs a non-empty list of integer token ids, got {one_line(token_ids, 80)}")
+        ids = tuple(int(t) for t in arr)
+        if self.kv_capacity is not None and len(ids) >= self.kv_capacity:
+            raise KVCapacityError(f"{self.path.name}: a {len(ids)}-token prefix leaves no room in the KV cache "
+                                  f"capacity {self.kv_capacity}; cache a shorter prefix or re-export with a larger "
+                                  f"--kv-capacity")
+        known = next((p for p in self._prefixes if p.ids == ids), None)
+        if known is not None:
+            return known
+        state = self.start()
+        state.append_tokens(ids)
+        if self.kv_layout == "shared" and self._kv_host is not None:
+            kv = [buf[:, :, :len(ids)].copy() for buf in self._kv_host]
+        else:  # concat: the presents are [1, kv, len, hd]; shared on a GPU: the whole buffer
+            kv = [np.array(value.numpy(), copy=True) for value in state.kv_cache]
+        if self.kv_layout == "shared":
+            self._owner = 0  # the state above is internal; nobody holds the buffers now
+        entry = PrefixCache(ids, kv)
+        self._prefixes = self._prefixes[-(_MAX_PREFIXES - 1):] + [entry]
+        return entry
+
+    def cache_common_prefix(self, prompts: Sequence[str]) -> PrefixCache | None:
+        """Register the longest token prefix that every one of ``prompts`` (two or more renderings of
+        one prompt template with different contents) starts with; None when they share none. This is
+        how the instruction-independent part of the MPC prompt is found without knowing where the
+        template's text ends: compared in token ids, after the chat format, as :meth:`encode` gives them."""
+        encoded = [self.encode(p) for p in prompts]
+        if len(encoded) < 2:
+            raise ValueError("cache_common_prefix needs at least two prompts")
+        n = min(common_prefix_length(encoded[0], other) for other in encoded[1:])
+        if self.kv_capacity is not None:
+            n = min(n, self.kv_capacity - 1)
+        return self.cache_prefix(encoded[0][:n]) if n > 0 else None
+
+    def clear_prefixes(self) -> None:
+        self._prefixes = []
+
+    @property
+    def prefixes(self) -> tuple[PrefixCache, ...]:
+        return tuple(self._prefixes)
+
+    def _match_prefix(self, ids: Sequence[int]) -> tuple[int, PrefixCache | None]:
+        """The registered prefix sharing the most leading ids with ``ids``, and how many (at most
+        ``len(ids) - 1``: the last prompt token is always run for its logits)."""
+        best, match = 0, None
+        for entry in self._prefixes:
+            k = common_prefix_length(entry.ids, ids)
+            if k > best:
+                best, match = k, entry
+        return min(best, len(ids) - 1), match
 
     # ---------------------------------------------------------------- public
     def check_fits(self, prompt_tokens: int, max_new_tokens: int) -> None:
@@ -269,7 +390,7 @@ class OnnxGenerator:
             raise ValueError("the prompt encodes to zero tokens; give a non-empty prompt")
         self.check_fits(len(ids), int(max_new_tokens))
         state = self.start()
-        logits = state.append_tokens(ids)
+        logits = state.prefill(ids)
         token = int(np.argmax(logits[-1]))
         out = [token]
         ttft = time.perf_counter() - t0
@@ -277,7 +398,7 @@ class OnnxGenerator:
         stopped = stop_at_eos and token == self.eos_id
         while not stopped and len(out) < max_new_tokens:
             t = time.perf_counter()
-            logits = state.append_tokens([token])
+            logits = state._run([token])  # a view of the state's logits buffer, read before the next step
             token = int(np.argmax(logits[-1]))
             out.append(token)
             decode_times.append(time.perf_counter() - t)
@@ -293,14 +414,18 @@ class DecodeState:
     """One sequence on an :class:`OnnxGenerator`: its KV cache and length (the step API, see the
     module docstring). Made by :meth:`OnnxGenerator.start`.
 
-    ``append_tokens`` binds the inputs, the cache (as both past and present with the shared
-    layout: the graph appends in place) and a host buffer for the logits, and runs the graph once;
-    nothing else is allocated or copied per call."""
+    The state keeps one IOBinding for all its runs (module docstring, "Binding reuse"): the cache
+    is bound once (shared layout), the token inputs and the logits are preallocated host arrays
+    updated in place, so a one-token step allocates nothing but the copy of its logits row."""
 
     def __init__(self, generator: OnnxGenerator) -> None:
         self.generator = generator
         self._id, self._past = generator._claim()
         self._length = 0
+        self._binding: ort.IOBinding | None = None  # built on the first run
+        self._bound_n = 0  # tokens per run the binding's input_ids / position_ids / logits are sized for
+        self._ids_buf = self._pos_buf = self._logits_buf = np.empty(0)
+        self._values: list[ort.OrtValue] = []  # the OrtValues over those arrays (kept alive with the binding)
 
     @property
     def length(self) -> int:
@@ -324,60 +449,144 @@ class DecodeState:
         self._id, self._past = self.generator._claim()
         self._length = 0
 
+    def _check_owner(self) -> None:
+        gen = self.generator
+        if gen.kv_layout == "shared" and gen._owner != self._id:
+            raise RuntimeError(f"{gen.path.name}: this DecodeState no longer holds the shared KV cache (a later start() "
+                               f"or reset() took it); call reset() or start a new one")
+
+    def prefill(self, token_ids: Sequence[int]) -> np.ndarray:
+        """Append a prompt and return the logits of its last token, ``[1, vocab]`` -- the last row of
+        ``append_tokens(token_ids)``, but on an empty state the leading ids that a registered prefix
+        (:meth:`OnnxGenerator.cache_prefix`) shares with the prompt are copied from the prefix cache
+        instead of being run (module docstring, "Prompt-prefix cache"). Same errors as append_tokens."""
+        gen = self.generator
+        arr = np.asarray(token_ids)
+        if self._length or not gen._prefixes or arr.ndim != 1 or not arr.size or arr.dtype.kind not in "iu":
+            return self._last_row(token_ids)  # (append_tokens names what is wrong with the list)
+        ids = [int(t) for t in arr]
+        k, entry = gen._match_prefix(ids)
+        stats = gen.prefix_stats
+        if entry is None or k < 1:
+            stats["miss"] += 1
+            return self._last_row(ids)
+        self._check_owner()
+        if gen.kv_capacity is not None and len(ids) > gen.kv_capacity:
+            return self._last_row(ids)  # refused in one line (KVCapacityError)
+        stats["full" if k == len(entry) else "partial"] += 1
+        stats["reused_tokens"] += k
+        if gen.kv_layout == "shared":
+            if gen._kv_host is not None:
+                for buf, saved in zip(gen._kv_host, entry.kv):
+                    np.copyto(buf[:, :, :k], saved[:, :, :k])
+            else:  # device buffers: the saved copy is the whole buffer (positions >= k are overwritten or unread)
+                for value, saved in zip(self._past, entry.kv):
+                    value.update_inplace(saved)
+        else:
+            self._past = [ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(saved[:, :, :k]), gen._device, 0)
+                          for saved in entry.kv]
+        self._length = k
+        return self._last_row(ids[k:])
+
+    def _last_row(self, token_ids: Sequence[int]) -> np.ndarray:
+        """The last logits row of a run, as an array of its own ([1, vocab]; the rest is not kept)."""
+        return self._run(token_ids)[-1:].copy()
+
+    def _bind(self, n: int) -> ort.IOBinding:
+        """The state's binding with input_ids / position_ids / logits sized for ``n`` tokens (built or
+        re-sized only when ``n`` changes; with the shared layout the cache is bound when it is built)."""
+        gen = self.generator
+        binding = self._binding
+        if binding is None:
+            binding = self._binding = gen.session.io_binding()
+            self._bound_n = 0
+            if gen.kv_layout == "shared":  # the same buffer is past and present: the graph appends in place
+                for name, value in zip(gen._past_names, self._past):
+                    binding.bind_ortvalue_input(name, value)
+                for name, value in zip(gen._present_names, self._past):
+                    binding.bind_ortvalue_output(name, value)
+        if n != self._bound_n:
+            self._ids_buf = np.zeros((1, n), dtype=np.int64)
+            self._pos_buf = np.zeros((1, n), dtype=np.int64)
+            self._logits_buf = np.empty((1, n, gen.spec.vocab_size), dtype=gen.logits_dtype)
+            self._values = [ort.OrtValue.ortvalue_from_numpy(a, "cpu", 0)  # CPU: the OrtValue uses the array's memory
+                            for a in (self._ids_buf, self._pos_buf, self._logits_buf)]
+            binding.bind_ortvalue_input("input_ids", self._values[0])
+            binding.bind_ortvalue_input("position_ids", self._values[1])
+            binding.bind_ortvalue_output("logits", self._values[2])
+            self._bound_n = n
+        return binding
+
     def append_tokens(self, token_ids: Sequence[int]) -> np.ndarray:
         """Run the graph on ``token_ids`` (at positions ``length``.. after the cached tokens) and
         return their logits ``[len(token_ids), vocab]`` in the graph's dtype; the last row scores
-        the next token. ValueError for an empty or non-integer list, an id outside the vocabulary,
-        or more tokens than the shared cache holds; RuntimeError when a newer state has taken the
-        shared cache."""
+        the next token. The array is the caller's: later steps never write into it. ValueError for
+        an empty or non-integer list, an id outside the vocabulary, or more tokens than the shared
+        cache holds (KVCapacityError); RuntimeError when a newer state has taken the shared cache."""
+        logits = self._run(token_ids)
+        return logits.copy() if len(logits) == 1 else logits  # a one-token run's row lives in the reused buffer
+
+    def _run(self, token_ids: Sequence[int]) -> np.ndarray:
+        """append_tokens without the copy: after a one-token run the logits are a view of the state's
+        reused buffer, valid until its next run (the greedy loop of ``generate`` reads them at once)."""
         gen = self.generator
         ids = np.asarray(token_ids)
         if ids.ndim != 1 or not ids.size or ids.dtype.kind not in "iu":
             raise ValueError(f"append_tokens needs a non-empty list of integer token ids, got {one_line(token_ids, 80)}")
-        if ids.min() < 0 or ids.max() >= gen.spec.vocab_size:
+        n = int(ids.size)
+        if n == 1:
+            first = int(ids[0])
+            bad = not 0 <= first < gen.spec.vocab_size
+        else:
+            bad = ids.min() < 0 or ids.max() >= gen.spec.vocab_size
+        if bad:
             raise ValueError(f"append_tokens: token ids must lie in [0, {gen.spec.vocab_size}) (the model's vocabulary), "
                              f"got {one_line(token_ids, 80)}")
         shared = gen.kv_layout == "shared"
-        if shared and gen._owner != self._id:
-            raise RuntimeError(f"{gen.path.name}: this DecodeState no longer holds the shared KV cache (a later start() "
-                               f"or reset() took it); call reset() or start a new one")
-        start, n = self._length, int(ids.size)
+        self._check_owner()
+        start = self._length
         if shared and start + n > gen.kv_capacity:
-            raise ValueError(f"{gen.path.name}: {start + n} tokens exceed the KV cache capacity {gen.kv_capacity}; "
-                             f"shorten the prompt or re-export with a larger --kv-capacity")
-        # The arrays stay referenced until the run is over (IOBinding does not own host buffers).
-        input_ids = ids.astype(np.int64, copy=False)[None, :]
-        mask = np.ones((1, start + n), dtype=np.int64)
-        positions = np.arange(start, start + n, dtype=np.int64)[None, :]
-        binding = gen.session.io_binding()
-        binding.bind_cpu_input("input_ids", input_ids)
-        binding.bind_cpu_input("attention_mask", mask)
-        binding.bind_cpu_input("position_ids", positions)
-        for name, value in zip(gen._past_names, self._past):
-            binding.bind_ortvalue_input(name, value)
-        binding.bind_output("logits", "cpu")
-        for name, value in zip(gen._present_names, self._past):
-            if shared:  # the same buffer: the graph appends in place
-                binding.bind_ortvalue_output(name, value)
-            else:
+            raise KVCapacityError(f"{gen.path.name}: {start + n} tokens exceed the KV cache capacity {gen.kv_capacity}; "
+                                  f"shorten the prompt or re-export with a larger --kv-capacity")
+        binding = self._bind(n)
+        if n == 1:
+            self._ids_buf[0, 0] = first
+            self._pos_buf[0, 0] = start
+        else:
+            self._ids_buf[0] = ids
+            self._pos_buf[0] = np.arange(start, start + n)
+        # attention_mask: the first start + n entries of the generator's ones buffer (only the length changes)
+        binding.bind_input("attention_mask", "cpu", 0, np.int64, [1, start + n], gen._mask(start + n).ctypes.data)
+        if not shared:  # concat: the pasts are the previous presents; ORT allocates the longer presents
+            for name, value in zip(gen._past_names, self._past):
+                binding.bind_ortvalue_input(name, value)
+            for name in gen._present_names:
                 binding.bind_output(name, gen._device)
         gen.session.run_with_iobinding(binding)
-        outputs = binding.get_outputs()
         if not shared:
-            self._past = list(outputs[1:])
+            self._past = list(binding.get_outputs()[1:])
         self._length = start + n
-        return outputs[0].numpy()[0]
+        out = self._logits_buf[0]
+        if n > 1:
+            self._bound_n = 0  # a multi-token run hands its logits buffer to the caller; the next one binds a new one
+        return out
 
 
 class OnnxPolicy:
     """The ``TextPolicy`` of an exported file (edge_runtime.contracts.generation), one prompt at a time.
 
     ``last_results`` keeps the full GenerationResult (timings) of the latest ``generate`` call.
-    ``constrained``: grammar-constrained decoding, the task inferred from each prompt."""
+    ``constrained``: grammar-constrained decoding, the task inferred from each prompt.
+    ``prefix_cache``: register the common token prefix of each batch of two or more prompts
+    (:meth:`OnnxGenerator.cache_common_prefix`; for a batch of MPC prompts, the system part) before
+    generating it. Off by default: an evaluation then runs exactly the full prefill it always did
+    (the cached path agrees within float summation order, 1e-5 on the logits)."""
 
     def __init__(self, onnx_path: str | Path, providers: str | Sequence[str] | None = None,
-                 threads: int | None = None, name: str | None = None, *, constrained: bool = False) -> None:
+                 threads: int | None = None, name: str | None = None, *, constrained: bool = False,
+                 prefix_cache: bool = False) -> None:
         self.generator = OnnxGenerator(onnx_path, providers=providers, threads=threads, constrained=constrained)
+        self.prefix_cache = bool(prefix_cache)
         self.path = Path(onnx_path)
         self.name = name or self.path.stem
         self.last_results: list[GenerationResult] = []
@@ -388,6 +597,8 @@ class OnnxPolicy:
         if self.generator.kv_capacity is not None:
             for prompt in prompts:
                 self.generator.check_fits(len(self.generator.encode(prompt)), max_new_tokens)
+        if self.prefix_cache and len(prompts) > 1:
+            self.generator.cache_common_prefix(prompts)
         self.last_results = [self.generator.generate(p, max_new_tokens) for p in prompts]
         return [Generation(r.text, prompt_tokens=r.prompt_tokens, emitted_tokens=r.emitted_tokens)
                 for r in self.last_results]

@@ -18,7 +18,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-__all__ = ["DecodeSession", "GenerationResult", "KVCapacityError", "StepDecoder"]
+__all__ = ["DecodeSession", "GenerationResult", "KVCapacityError", "StepDecoder", "common_prefix_length"]
 
 
 class KVCapacityError(ValueError):
@@ -60,6 +60,10 @@ class DecodeSession(Protocol):
         """Start over with an empty cache (the same buffers)."""
         ...
 
+    # Optional: ``prefill(token_ids) -> logits`` (at least the last row) appends a prompt to an empty
+    # session and may start it from a cached prompt prefix (the ONNX generator's DecodeState does);
+    # decoding loops fall back to ``append_tokens`` for sessions without it (test doubles).
+
 
 class StepDecoder(Protocol):
     """A tokenizer plus a graph that opens :class:`DecodeSession` objects."""
@@ -76,3 +80,14 @@ class StepDecoder(Protocol):
     def check_fits(self, prompt_tokens: int, max_new_tokens: int) -> None:
         """KVCapacityError when the prompt plus ``max_new_tokens`` cannot fit the cache."""
         ...
+
+
+def common_prefix_length(a: Sequence[int], b: Sequence[int]) -> int:
+    """How many leading token ids ``a`` and ``b`` share (prompt-prefix caching compares ids, not
+    text, because BPE may merge characters across the end of a shared text)."""
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n

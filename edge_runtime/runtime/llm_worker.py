@@ -26,6 +26,14 @@ front -- before the run, as one :class:`PromptDoesNotFit` line -- a token budget
 leaves room for and every instruction whose prompt plus the budget exceeds the capacity, so that
 such a run never starts rather than logging each call as a ``worker_error``.
 
+Prompt-prefix cache: :meth:`LLMWorker.warm_up` first registers the MPC prompt's
+instruction-independent beginning (role, parameter table, ``Instruction:``) with the generator's
+prefix cache (:meth:`~edge_runtime.decoding.generator.OnnxGenerator.cache_common_prefix`), once per
+model load; every request then prefills only its instruction and the answer format. The prefix is
+found in token ids -- the common leading ids of the prompts of a few probe instructions -- so a
+BPE merge across the instruction's first characters cannot make it wrong. Generators without a
+prefix cache (test doubles) are left alone.
+
 Torch-free (vehicle side). ``generator`` is anything with ``generate(prompt, max_new_tokens)``
 returning a :class:`~edge_runtime.decoding.step_api.GenerationResult` (tests pass doubles). With a
 constrained generator (``OnnxGenerator(constrained=True)``, ``edge-run --constrained``) every
@@ -54,6 +62,8 @@ __all__ = ["WORKER_ERROR", "LLMOutcome", "LLMRequest", "LLMWorker", "PromptDoesN
 
 #: Failure reason of an exception inside the worker (parse failures use ParseFailure values).
 WORKER_ERROR = "worker_error"
+#: Instructions whose MPC prompts share exactly the instruction-independent beginning (different first words).
+PREFIX_PROBES = ("Drive on the centre line.", "Stop at the next corner.", "Keep a safe distance.")
 TEXT_LIMIT = 600  # characters of the answer text kept in the telemetry record
 
 
@@ -162,6 +172,7 @@ class LLMWorker:
         self.prompt_tokens: list[int] = []
         self.emitted_tokens: list[int] = []
         self.forced_tokens: list[int] = []
+        self.prefix_tokens = 0  # length of the registered prompt prefix (warm_up)
 
     # -------------------------------------------------------------------- control-thread API
     def bind(self, deliver: Callable[[LLMOutcome], None], clock: Callable[[], float] | None = None) -> None:
@@ -202,10 +213,22 @@ class LLMWorker:
     def _prompt(instruction: Instruction) -> str:
         return build_mpc_prompt(instruction.text)
 
+    def cache_prompt_prefix(self) -> int:
+        """Register the MPC prompt's instruction-independent token prefix with the generator's prefix
+        cache (module docstring); returns its length in tokens (0: the generator has no prefix cache or
+        the probes share no tokens). Called by :meth:`warm_up`; call before :meth:`start`."""
+        cache = getattr(self.generator, "cache_common_prefix", None)
+        if cache is None:
+            return 0
+        entry = cache([build_mpc_prompt(text) for text in PREFIX_PROBES])
+        return len(getattr(entry, "ids", ()))
+
     def warm_up(self, tokens: int = 2) -> float:
-        """One short generation before the run (first-run allocations); returns its seconds.
-        Call before :meth:`start`; not counted in the statistics."""
+        """Register the prompt prefix (:meth:`cache_prompt_prefix`), then one short generation before
+        the run (first-run allocations); returns the seconds of both. Call before :meth:`start`; not
+        counted in the statistics."""
         t0 = time.perf_counter()
+        self.prefix_tokens = self.cache_prompt_prefix()
         self.generator.generate(build_mpc_prompt("Drive on the centre line."), tokens)
         return time.perf_counter() - t0
 
@@ -301,6 +324,11 @@ class LLMWorker:
                           answered_wall_time=time.time())
 
     # ------------------------------------------------------------------------------ summary
+    def _prefix_stats(self) -> dict[str, int]:
+        """The generator's prefix-cache counters (full / partial / miss reuses, reused tokens), if it has them."""
+        stats = getattr(self.generator, "prefix_stats", None)
+        return {str(k): int(v) for k, v in stats.items()} if isinstance(stats, dict) else {}
+
     def summary(self) -> dict[str, Any]:
         """Calls, failures by reason and latency statistics (p50/p90/p99/max, no warm-up
         excluded here: :meth:`warm_up` ran before the run)."""
@@ -309,6 +337,7 @@ class LLMWorker:
             "delivery_errors": list(self.delivery_errors),
             "failures": dict(sorted(self.failures.items())), "failure_count": sum(self.failures.values()),
             "max_new_tokens": self.max_new_tokens,
+            "prefix_cache": {"prefix_tokens": self.prefix_tokens, **self._prefix_stats()},
             "prompt_tokens_mean": float(np.mean(self.prompt_tokens)) if self.prompt_tokens else None,
             "emitted_tokens": int(sum(self.emitted_tokens)),
             "forced_tokens": int(sum(self.forced_tokens)),
