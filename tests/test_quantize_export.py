@@ -259,6 +259,22 @@ def test_quantized_embedding_is_the_default_and_can_be_turned_off(variants, fp32
         assert OnnxGenerator(path, threads=1).generate(PROMPTS[0], 4).emitted_tokens >= 1
 
 
+def test_int4_with_an_8_bit_head(models, variants, fp32_files, workdir):
+    """--head-bits 8: the projections are 4-bit, the LM head and the tied embedding table it shares
+    are 8-bit; the file runs and passes int4 parity."""
+    out = workdir / "dense-int4-h8.onnx"
+    report = quantize_onnx(fp32_files["dense"], out, QuantizeConfig("int4", head_bits=8))
+    graph = onnx.load(str(out)).graph
+    bits = {n.output[0]: {a.name: a.i for a in n.attribute}["bits"] for n in graph.node if n.op_type == "MatMulNBits"}
+    assert bits.pop("logits") == 8 and set(bits.values()) == {4}
+    gather = next(n for n in graph.node if n.op_type == "GatherBlockQuantized")
+    assert {a.name: a.i for a in gather.attribute}["bits"] == 8
+    assert report.metadata["head_bits"] == 8 and report.metadata["embedding"].startswith("8-bit")
+    parity = check_parity(models["dense"], out, PROMPTS, BUDGET)
+    assert parity.variant == "int4" and all(d["logits_ok"] for d in parity.details), parity.summary()
+    assert variants["dense", "int4"].stat().st_size < out.stat().st_size < variants["dense", "int8"].stat().st_size
+
+
 def test_int4_pads_a_k_that_is_not_a_block_multiple(fp32_files, workdir):
     report = quantize_onnx(fp32_files["pruned"], workdir / "pruned-int4-again.onnx", QuantizeConfig("int4"))
     assert [(k, padded) for _, k, padded in report.padded] == [(200, 224)]
@@ -300,6 +316,8 @@ def test_matmulnbits_padding_is_numerically_right():
     ({"kind": "int4", "block_size": 24}, "block_size"),
     ({"kind": "int8", "int8_method": "static"}, "int8 method"),
     ({"kind": "int4", "accuracy_level": 7}, "accuracy_level"),
+    ({"kind": "int4", "head_bits": 3}, "head_bits"),
+    ({"kind": "int8", "int8_method": "dynamic", "head_bits": 8}, "head_bits"),
 ])
 def test_config_errors(kwargs, needle):
     with pytest.raises(QuantizeError, match=needle):
@@ -333,6 +351,7 @@ def test_cli_quantize_end_to_end(models, tmp_path, capsys, args):
     printed = capsys.readouterr().out
     assert rc == 0, printed
     assert "quantized" in printed and "token agreement" in printed and "edge-eval --model" in printed
+    assert "mean KL" in printed and "reported, not a criterion" in printed
     assert sorted(p.name for p in tmp_path.iterdir()) == ["q.onnx"]  # no temp files left
     record = quantization_of(_metadata(out))
     assert record["kind"] == args[1]
@@ -349,6 +368,8 @@ def test_cli_quantize_end_to_end(models, tmp_path, capsys, args):
     (["--quantize", "int4", "--block-size", "24"], "--block-size"),
     (["--quantize", "int8", "--int8-method", "static"], "--int8-method"),
     (["--quantize", "int4", "--accuracy-level", "5"], "--accuracy-level"),
+    (["--quantize", "int4", "--head-bits", "2"], "--head-bits"),
+    (["--quantize", "int8", "--int8-method", "dynamic", "--head-bits", "8"], "head_bits"),
 ])
 def test_cli_quantize_bad_input_exit_2(models, tmp_path, capsys, args, needle):
     rc = cli.main([str(models["dense"]), "-o", str(tmp_path / "m.onnx"), *args])

@@ -104,7 +104,9 @@ class QuantizeConfig:
     ``block_size`` / ``symmetric`` / ``accuracy_level``: MatMulNBits settings (int4 and int8
     weight-only); ``accuracy_level`` None leaves ONNX Runtime's default (float32 compute on CPU),
     4 computes in int8 (faster on some CPUs, less accurate). ``quantize_embedding``: the embedding
-    Gather reads a quantized table too (MatMulNBits methods; module docstring)."""
+    Gather reads a quantized table too (MatMulNBits methods; module docstring). ``head_bits``: the
+    LM head's (and so a tied embedding's) bit width when it differs from the projections' -- 8 with
+    int4 keeps the 49152-wide vocabulary projection, the error every logit shares, at 8 bits."""
 
     kind: str
     int8_method: str = DEFAULT_INT8_METHOD
@@ -113,6 +115,7 @@ class QuantizeConfig:
     symmetric: bool = True
     accuracy_level: int | None = None
     quantize_embedding: bool = True
+    head_bits: int | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in QUANTIZATIONS:
@@ -122,6 +125,9 @@ class QuantizeConfig:
         if isinstance(self.block_size, bool) or self.block_size not in NBITS_BLOCK_SIZES:
             raise QuantizeError(f"block_size must be one of {', '.join(map(str, NBITS_BLOCK_SIZES))} (the sizes "
                                 f"ONNX Runtime's MatMulNBits kernels implement), got {self.block_size!r}")
+        if self.head_bits is not None and (self.head_bits not in (4, 8) or self.method != "matmul_nbits"):
+            raise QuantizeError(f"head_bits must be 4 or 8 with a MatMulNBits method (int4, int8 weight-only), "
+                                f"got {self.head_bits!r} for {self.kind} {self.int8_method}")
         if self.accuracy_level is not None and self.accuracy_level not in (0, 1, 2, 3, 4):
             raise QuantizeError(f"accuracy_level must be None or 0..4, got {self.accuracy_level!r}")
 
@@ -142,7 +148,7 @@ class QuantizeConfig:
         else:
             out.update(block_size=self.block_size, symmetric=self.symmetric, accuracy_level=self.accuracy_level,
                        activations="float32" if self.accuracy_level != 4 else "int8 (accuracy_level 4)",
-                       quantize_embedding=self.quantize_embedding)
+                       quantize_embedding=self.quantize_embedding, head_bits=self.head_bits or self.bits)
         return out
 
 
@@ -233,15 +239,29 @@ def _run_nbits(model, dst: Path, config: QuantizeConfig, nodes: list[str],
     except ImportError as exc:  # onnx_ir is a separate package
         raise QuantizeError(f"MatMulNBits quantization needs {exc.name or 'a missing package'} "
                             f"(pip install onnx-ir; it is in edge_runtime's 'train' extra)") from None
-    quantizer = MatMulNBitsQuantizer(model, bits=config.bits, block_size=config.block_size,
-                                     is_symmetric=config.symmetric, accuracy_level=config.accuracy_level,
-                                     nodes_to_include=nodes, op_types_to_quantize=("MatMul",))
-    quantizer.process()
+    # the LM head (the MatMul that writes the graph's logits) may get its own bit width: one pass for
+    # the projections without it, one for the head; MatMulNBitsQuantizer quantizes every MatMul that
+    # is not excluded, so the passes exclude rather than include
+    outputs = {o.name for o in model.graph.output}
+    heads = [n.name for n in model.graph.node if n.op_type == "MatMul" and n.output and n.output[0] in outputs
+             and n.name in nodes]
+    head_bits = config.head_bits or config.bits
+    passes = [(config.bits, [n for n in nodes if n not in heads])]
+    if heads:
+        passes.append((head_bits, heads))
+    for bits, include in passes:
+        skip = [n.name for n in model.graph.node if n.op_type == "MatMul" and n.name not in include]
+        quantizer = MatMulNBitsQuantizer(model, bits=bits, block_size=config.block_size,
+                                         is_symmetric=config.symmetric, accuracy_level=config.accuracy_level,
+                                         nodes_to_exclude=skip, op_types_to_quantize=("MatMul",))
+        quantizer.process()
+        model = quantizer.model.model
     embeddings: list[dict[str, Any]] = []
     if config.quantize_embedding:
         from .quantized_embedding import quantize_embedding_gathers
 
-        done = quantize_embedding_gathers(quantizer.model.model, head_outputs or {}, bits=config.bits,
+        # the embedding shares the (tied) head's table, so it has the head's bit width
+        done = quantize_embedding_gathers(quantizer.model.model, head_outputs or {}, bits=head_bits,
                                           block_size=config.block_size, symmetric=config.symmetric,
                                           accuracy_level=config.accuracy_level)
         embeddings = [asdict(e) for e in done]
@@ -322,7 +342,7 @@ def quantize_onnx(src: str | os.PathLike, dst: str | os.PathLike, config: Quanti
             record["embedding"] = "float32"
         else:
             record["embedding"] = ("float32" if not embeddings else
-                                   f"{config.bits}-bit GatherBlockQuantized, "
+                                   f"{config.head_bits or config.bits}-bit GatherBlockQuantized, "
                                    + ("shared with the LM head" if all(e["shared"] for e in embeddings) else "own table"))
         save_with_metadata(out, {**props, QUANTIZATION_KEY: json.dumps(record)}, tmp, dst)
     except BaseException:
