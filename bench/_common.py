@@ -12,8 +12,6 @@ from __future__ import annotations
 import importlib.metadata
 import os
 import platform
-import shutil
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -35,15 +33,9 @@ def package_version(dist: str) -> str | None:
 
 def tool_output(argv: list[str], timeout: float = 10.0) -> str | None:
     """stdout+stderr of a system tool, or None when it is missing, fails or hangs."""
-    exe = shutil.which(argv[0])
-    if exe is None:
-        return None
-    try:
-        proc = subprocess.run([exe, *argv[1:]], capture_output=True, text=True, timeout=timeout, check=False)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    text = ((proc.stdout or "") + (proc.stderr or "")).strip()
-    return text if proc.returncode == 0 else None
+    from edge_runtime.telemetry.gpu import run_tool
+
+    return run_tool(argv, timeout=timeout)
 
 
 def _cpu_model() -> str | None:

@@ -47,7 +47,7 @@ import numpy as np
 
 __all__ = [
     "NO_SAMPLER_NOTE", "GpuSampler", "NvmlSampler", "TegrastatsSampler", "board_power_w", "parse_tegrastats",
-    "platform_info", "start_gpu_sampler",
+    "platform_info", "run_tool", "start_gpu_sampler",
 ]
 
 NO_SAMPLER_NOTE = "no GPU sampler (NVML/tegrastats not found)"
@@ -122,7 +122,9 @@ def board_power_w(rails: dict[str, float]) -> tuple[float | None, str | None]:
     return None, None
 
 
-def _run_tool(argv: list[str], timeout: float = 5.0) -> str | None:
+def run_tool(argv: list[str], timeout: float = 5.0) -> str | None:
+    """stdout+stderr of a system tool (nvpmodel, jetson_clocks, nvidia-smi), or None when it is
+    missing, fails or hangs: a missing tool must never stop the caller."""
     exe = shutil.which(argv[0])
     if exe is None:
         return None
@@ -139,12 +141,12 @@ def platform_info() -> dict[str, Any]:
     ``jetson_clocks --show`` reports pinned clocks (every listed CPU/GPU has MinFreq == MaxFreq;
     None when unknown, e.g. the tool is missing or needs root)."""
     info: dict[str, Any] = {"nvpmodel": None, "power_mode": None, "jetson_clocks": None}
-    text = _run_tool(["nvpmodel", "-q"])
+    text = run_tool(["nvpmodel", "-q"])
     if text is not None:
         info["nvpmodel"] = text
         m = re.search(r"NV Power Mode:\s*(\S+)", text)
         info["power_mode"] = m.group(1) if m else None
-    text = _run_tool(["jetson_clocks", "--show"])
+    text = run_tool(["jetson_clocks", "--show"])
     if text is not None:
         pinned = [mn == mx for mn, mx in re.findall(r"MinFreq=(\d+)\s+MaxFreq=(\d+)", text)]
         info["jetson_clocks"] = all(pinned) if pinned else None
