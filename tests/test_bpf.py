@@ -167,3 +167,46 @@ def test_model_card_lists_every_stage_and_prune(tmp_path):
     assert "wall time 1.0 min on NVIDIA H200 (torch 2.x)" in text
     assert "wall time 0.5 min on cpu (1 thread, torch 2.x)" in text
     assert text.rstrip().endswith("Pruned on a tiny budget.")
+
+
+def test_bpf_cli_keeps_a_chat_models_format_and_trains_on_its_prompts(tmp_path, monkeypatch):
+    """``edge-train bpf`` from a ChatML model directory (as a pretrained SmolLM2 import is): the SFT
+    phase and the importance batches see the prompts rendered as the runtime renders them, the
+    pruned directory keeps the format, and the augmentation flags reach the SFT data."""
+    import json
+
+    import torch
+
+    from edge_runtime.contracts.chat_format import CHAT_FORMAT_FILE, ChatFormat, read_chat_format
+    from edge_runtime.model.build import build_model, preset_spec
+    from edge_runtime.model.io import save_model
+    from edge_runtime.train import cli
+    from test_chat_format import chatml_tokenizer
+
+    torch.set_num_threads(1)
+    tok = chatml_tokenizer()
+    tok.save(str(tmp_path / "tok.json"))
+    fmt = ChatFormat.chatml(system="Drive.")
+    init = save_model(build_model(preset_spec("qwen2-1m", vocab_size=tok.get_vocab_size()), seed=0), tmp_path / "m",
+                      tokenizer_json=tmp_path / "tok.json", extra_files={CHAT_FORMAT_FILE: fmt.to_json()})
+    seen: list = []
+    from edge_runtime.train import sft
+
+    original = sft.encode_examples
+
+    def spy(examples, tokenizer, eos_id, max_length, chat_format=None):
+        seen.append(chat_format)
+        return original(examples, tokenizer, eos_id, max_length, chat_format)
+
+    monkeypatch.setattr(sft, "encode_examples", spy)
+    out = tmp_path / "pruned"
+    rc = cli.main(["bpf", "--init-from", str(init), "--out", str(out), "--schedule", "sft", "--ratio", "0.25",
+                   "--shares", "1", "--sft-steps", "3", "--rl-steps", "0", "--batch-size", "2",
+                   "--mpc-examples", "8", "--decision-per-instruction", "2", "--synonym-rate", "0.3",
+                   "--distractor-fraction", "0.2", "--threads", "1"])
+    assert rc == 0
+    assert seen and all(f == fmt for f in seen)  # importance batches, training and held-out data alike
+    assert read_chat_format(out) == fmt
+    summary = json.loads((out / "train_summary.json").read_text())
+    assert summary["sft_data"]["synonym_rate"] == 0.3 and summary["sft_data"]["distractor_fraction"] == 0.2
+    assert summary["recipe"]["schedule"] == "sft" and summary["prune_reports"][0]["phase"] == "sft"

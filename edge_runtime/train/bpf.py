@@ -146,7 +146,8 @@ def _report_dict(report) -> dict:
     return report.to_dict() if hasattr(report, "to_dict") else dict(report)
 
 
-def calibration_batches(tokenizer, table, n_batches: int = 4, batch_size: int = 16, seed: int = 1234) -> list[dict]:
+def calibration_batches(tokenizer, table, n_batches: int = 4, batch_size: int = 16, seed: int = 1234,
+                        chat_format=None) -> list[dict]:
     """Task batches for the importance scores: SFT-format examples (MPC and decision, training
     phrasings, oracle answers) with a seed of their own. They stay on the CPU: the importance
     scoring moves each batch to the model's device when it uses it, wherever a trainer has put
@@ -161,8 +162,8 @@ def calibration_batches(tokenizer, table, n_batches: int = 4, batch_size: int = 
                                                        seed=seed))[: n_batches * batch_size]
     from ..model.tokenizer import special_ids
 
-    eos, pad = special_ids(tokenizer)
-    encoded = encode_examples(examples, tokenizer, eos, max_length=768)
+    eos, pad = special_ids(tokenizer, chat_format)
+    encoded = encode_examples(examples, tokenizer, eos, max_length=768, chat_format=chat_format)
     return [collate(encoded[i:i + batch_size], pad, torch.device("cpu"))
             for i in range(0, len(encoded), batch_size)]
 
@@ -183,21 +184,23 @@ class RecipeResult:
 
 def run_recipe(model, tokenizer, reference_spec, recipe: RecipeConfig, work_dir: Path, *, table,
                sft_optim, sft_data, grpo_config, reward_pool, prune_config, log: Callable[[str], None] = print,
-               calibration_batch_count: int = 4, device=None) -> RecipeResult:
+               calibration_batch_count: int = 4, device=None, chat_format=None) -> RecipeResult:
     """Run ``recipe`` on ``model`` (modified in place and returned).
 
     ``sft_optim`` (OptimConfig, its ``steps`` replaced by ``recipe.sft_steps``) and ``sft_data``
     (SFTDataConfig) describe the SFT phase; ``grpo_config`` (GRPOConfig, ``steps`` replaced by
     ``recipe.rl_steps``) the RL phase; ``reward_pool`` scores RL completions. ``device``: where
     every phase runs, post-training prunes included ("auto", "cpu", "cuda" or a torch.device;
-    None: auto)."""
+    None: auto). ``chat_format``: how prompts are rendered in every phase and in the importance
+    batches (None: plain), so that a pretrained chat model is trained and pruned on the prompts the
+    runtime will send it."""
     import dataclasses
 
     from ..prune import prune_to_ratio
     from .device import resolve_device
     from .grpo import GRPOTrainer
     from .sft import SFTTrainer, answer_loss, seed_everything
-    from .sft_data import build_sft_examples
+    from .sft_data import SFTDataConfig, build_sft_examples
 
     device = resolve_device(device)
     model = model.to(device)
@@ -205,7 +208,8 @@ def run_recipe(model, tokenizer, reference_spec, recipe: RecipeConfig, work_dir:
     work_dir = Path(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
     seed_everything(recipe.seed)
-    calibration = (calibration_batches(tokenizer, table, n_batches=calibration_batch_count, seed=recipe.seed + 1234)
+    calibration = (calibration_batches(tokenizer, table, n_batches=calibration_batch_count, seed=recipe.seed + 1234,
+                                       chat_format=chat_format)
                    if recipe.schedule != "none" else [])
     sft_targets, rl_targets = recipe.phase_targets()
     reports: list[dict] = []
@@ -215,11 +219,12 @@ def run_recipe(model, tokenizer, reference_spec, recipe: RecipeConfig, work_dir:
         hook = PruneHook(share_steps(recipe.sft_steps, len(sft_targets)), sft_targets, reference_spec,
                          prune_config, calibration, "sft", reports, log)
         examples = build_sft_examples(table, dataclasses.replace(sft_data, seed=recipe.seed))
-        held = build_sft_examples(table, dataclasses.replace(sft_data, mpc_examples=40, decision_per_instruction=6,
-                                                             seed=recipe.seed + 1))
+        held = build_sft_examples(table, SFTDataConfig(mpc_examples=40, decision_per_instruction=6,
+                                                       seed=recipe.seed + 1))  # un-augmented, as in edge-train sft
         trainer = SFTTrainer(model, tokenizer, examples, dataclasses.replace(sft_optim, steps=recipe.sft_steps,
                                                                              seed=recipe.seed),
-                             work_dir / "sft", eval_examples=held, hooks=[hook], device=device)
+                             work_dir / "sft", eval_examples=held, hooks=[hook], device=device,
+                             chat_format=chat_format)
         sft_history = trainer.train()
         model = trainer.model
     if recipe.schedule in ("ptp", "ptp-rl"):
@@ -232,7 +237,8 @@ def run_recipe(model, tokenizer, reference_spec, recipe: RecipeConfig, work_dir:
                          prune_config, calibration, "rl", reports, log)
         trainer = GRPOTrainer(model, tokenizer, dataclasses.replace(grpo_config, steps=recipe.rl_steps,
                                                                     seed=recipe.seed),
-                              work_dir / "rl", reward_pool, hooks=[hook], device=device)
+                              work_dir / "rl", reward_pool, hooks=[hook], device=device,
+                              chat_format=chat_format)
         rl_history = trainer.train()
         model = trainer.model
     (work_dir / "prune_reports.json").write_text(json.dumps(reports, indent=1) + "\n")

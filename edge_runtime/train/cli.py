@@ -95,10 +95,7 @@ def cmd_sft(args: argparse.Namespace) -> int:
         print(f"resuming from {work / RESUME_FILE} (--restart starts over)")
     seed_everything(args.seed)
     table = OracleTable.load(args.oracle_table)
-    data_cfg = SFTDataConfig(mpc_examples=args.mpc_examples, decision_per_instruction=args.decision_per_instruction,
-                             jitter=args.jitter, seed=args.seed, synonym_rate=args.synonym_rate,
-                             distractor_fraction=args.distractor_fraction, lexicon=args.lexicon,
-                             history_augment=args.history_augment, insertion_rate=args.insertion_rate)
+    data_cfg = _sft_data_config(args)
     print(f"building SFT data ({data_cfg.mpc_examples} MPC, {8 * data_cfg.decision_per_instruction} decision)...")
     train = build_sft_examples(table, data_cfg)
     held = build_sft_examples(table, SFTDataConfig(mpc_examples=40, decision_per_instruction=6, seed=args.seed + 1))
@@ -181,8 +178,8 @@ def cmd_bpf(args: argparse.Namespace) -> int:
     from .device import describe_device, resolve_device
     from .grpo import GRPOConfig
     from .rewards import make_reward_pool
+    from ..contracts.chat_format import CHAT_FORMAT_FILE, read_chat_format
     from .sft import OptimConfig
-    from .sft_data import SFTDataConfig
 
     device = resolve_device(args.device)
     if args.threads:
@@ -197,8 +194,7 @@ def cmd_bpf(args: argparse.Namespace) -> int:
     sft_optim = OptimConfig(steps=max(1, recipe.sft_steps), batch_size=args.batch_size, lr=args.sft_lr,
                             warmup_steps=min(args.sft_warmup, max(0, recipe.sft_steps - 1)), seed=args.seed,
                             eval_every=0)
-    sft_data = SFTDataConfig(mpc_examples=args.mpc_examples, decision_per_instruction=args.decision_per_instruction,
-                             jitter=args.jitter, seed=args.seed)
+    sft_data = _sft_data_config(args)
     grpo = GRPOConfig(steps=max(1, recipe.rl_steps), prompts_per_step=args.prompts_per_step,
                       group_size=args.group_size, lr=args.rl_lr, temperature=args.temperature,
                       kl_coef=args.kl_coef, seed=args.seed)
@@ -206,7 +202,11 @@ def cmd_bpf(args: argparse.Namespace) -> int:
     work = out.with_name(out.name + ".training")
     init = Path(args.init_from)
     model, spec = load_pretrained_dir(init)
-    tokenizer = load_tokenizer(init / "tokenizer.json")
+    chat_format = read_chat_format(init)  # a pretrained chat model keeps its template through every phase
+    tokenizer = load_tokenizer(init / "tokenizer.json", chat_format)
+    carried, fmt_files = _inherited(str(init))
+    if chat_format.kind != "plain":
+        fmt_files[CHAT_FORMAT_FILE] = chat_format.to_json()
     reference = ArchSpec.load(args.reference_spec) if args.reference_spec else spec
     table = OracleTable.load(args.oracle_table)
     print(f"{args.schedule}: {init} ({sum(p.numel() for p in model.parameters()):,} parameters; "
@@ -215,11 +215,12 @@ def cmd_bpf(args: argparse.Namespace) -> int:
     with make_reward_pool(args.ray, args.workers) as pool:
         result = run_recipe(model, tokenizer, reference, recipe, work, table=table, sft_optim=sft_optim,
                             sft_data=sft_data, grpo_config=grpo, reward_pool=pool, prune_config=prune_cfg,
-                            device=device)
+                            device=device, chat_format=chat_format)
     model = result.model
     n_params = sum(p.numel() for p in model.parameters())
     summary = {
         "kind": "bpf", "command": "edge-train " + shlex.join(args.argv), "init_from": str(init), "seed": args.seed,
+        **carried,
         "recipe": dataclasses.asdict(recipe), "prune": dataclasses.asdict(prune_cfg),
         "sft_optim": dataclasses.asdict(sft_optim), "sft_data": dataclasses.asdict(sft_data),
         "grpo": dataclasses.asdict(grpo), "reward_workers": {"ray": args.ray, "workers": args.workers},
@@ -233,7 +234,8 @@ def cmd_bpf(args: argparse.Namespace) -> int:
     if (init / "train_summary.json").exists():
         summary["init_summary"] = json.loads((init / "train_summary.json").read_text())
     save_model(model, out, spec_from_model(model), tokenizer_json=init / "tokenizer.json",
-               metadata={"training": summary})
+               metadata={"training": summary, **({"base_model": carried["base_model"]} if "base_model" in carried
+                                                 else {})}, extra_files=fmt_files or None)
     (out / "train_summary.json").write_text(json.dumps(summary, indent=1) + "\n")
     with open(out / "metrics.jsonl", "w", encoding="utf-8") as merged:  # one log: SFT phase, then RL phase
         for phase in ("sft", "rl"):
@@ -285,6 +287,27 @@ def _sft_data_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--jitter", type=float, default=0.03,
                    help="Gaussian noise on the oracle parameters of each MPC example, sigma as a fraction of "
                         "each parameter's range" + d)
+    p.add_argument("--synonym-rate", type=float, default=0.0,
+                   help="replace each content word of a phrasing by a WordNet synonym with this probability" + d)
+    p.add_argument("--distractor-fraction", type=float, default=0.0,
+                   help="share of MPC examples whose instruction names no category (answer: the defaults)" + d)
+    p.add_argument("--lexicon", default=None,
+                   help="lexicon JSON for the augmentation (default: the one shipped with the package)")
+    p.add_argument("--insertion-rate", type=float, default=0.0,
+                   help="share of phrasings with 1-3 random words inserted (their instruction words kept)" + d)
+    p.add_argument("--history-augment", type=float, default=0.0,
+                   help="share of decision examples whose state history gets a label-preserving edit "
+                        "(lateral shift, swing and speed scale)" + d)
+
+
+def _sft_data_config(args: argparse.Namespace):
+    """The SFTDataConfig that the flags of ``_sft_data_flags`` describe (``sft`` and ``bpf`` alike)."""
+    from .sft_data import SFTDataConfig
+
+    return SFTDataConfig(mpc_examples=args.mpc_examples, decision_per_instruction=args.decision_per_instruction,
+                         jitter=args.jitter, seed=args.seed, synonym_rate=args.synonym_rate,
+                         distractor_fraction=args.distractor_fraction, lexicon=args.lexicon,
+                         history_augment=args.history_augment, insertion_rate=args.insertion_rate)
 
 
 def _common_flags(p: argparse.ArgumentParser) -> None:
@@ -329,17 +352,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=int, default=100, help="linear warm-up steps" + d)
     p.add_argument("--vocab-size", type=int, default=1024, help="tokenizer vocabulary (new models only)" + d)
     _sft_data_flags(p)
-    p.add_argument("--synonym-rate", type=float, default=0.0,
-                   help="replace each content word of a phrasing by a WordNet synonym with this probability" + d)
-    p.add_argument("--distractor-fraction", type=float, default=0.0,
-                   help="share of MPC examples whose instruction names no category (answer: the defaults)" + d)
-    p.add_argument("--lexicon", default=None,
-                   help="lexicon JSON for the augmentation (default: the one shipped with the package)")
-    p.add_argument("--insertion-rate", type=float, default=0.0,
-                   help="share of phrasings with 1-3 random words inserted (their instruction words kept)" + d)
-    p.add_argument("--history-augment", type=float, default=0.0,
-                   help="share of decision examples whose state history gets a label-preserving edit "
-                        "(lateral shift, swing and speed scale)" + d)
     p.add_argument("--eval-every", type=int, default=250,
                    help="evaluation loss every N steps and after the last, 0: only after the last" + d)
     p.add_argument("--checkpoint-every", type=int, default=0,
