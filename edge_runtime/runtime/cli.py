@@ -147,6 +147,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="after the run, draw it with edge-report into OUT/report (track map, time series, timing, "
                         "report.html); needs the report extra (matplotlib), and a failed report never changes "
                         "the run's exit status (default: off)")
+    p.add_argument("--selftest", action="store_true",
+                   help="health check instead of a run (edge_runtime.runtime.selftest): load --model, answer "
+                        "--instruction within --selftest-budget, drive 2 s of the real-time control loop with 0 "
+                        "overruns; prints one JSON line, exit 0 pass / 1 fail (default: off)")
+    p.add_argument("--selftest-budget", type=float, default=None, metavar="S",
+                   help="with --selftest: latency budget in seconds for the answer (default: 5.0)")
     p.add_argument("--constrained", action=argparse.BooleanOptionalAction, default=False,
                    help="with --model: grammar-constrained decoding, so every answer parses and tokens the "
                         "grammar fixes skip the forward pass (default: off, the model's own output)")
@@ -308,6 +314,8 @@ def _run(argv: list[str] | None, signals: StopSignals, cleanup: contextlib.ExitS
         args = build_parser().parse_args(argv)
     except SystemExit as exc:  # usage errors (one line, printed) and --help
         return int(exc.code or 0)
+    if args.selftest or args.selftest_budget is not None:
+        return _selftest(args)
     try:
         params = DEFAULT_PARAMS if args.params in (None, "default") else MPCParams.from_json_file(args.params)
         loop_config = LoopConfig(rate_hz=args.rate, duration=args.duration, realtime=not args.fast)
@@ -432,6 +440,29 @@ def _run(argv: list[str] | None, signals: StopSignals, cleanup: contextlib.ExitS
     if log.dropped or not summary_ok:
         return EXIT_TELEMETRY_LOST
     return EXIT_INTERRUPTED if interrupted else 0
+
+
+def _selftest(args: argparse.Namespace) -> int:
+    """``--selftest``: the deploy health check (edge_runtime.runtime.selftest); exit 0 pass, 1 fail, 2 bad input."""
+    from .selftest import DEFAULT_LATENCY_BUDGET_S, SelftestConfig, main_selftest
+
+    if not args.selftest:
+        return _fail("--selftest-budget needs --selftest")
+    if args.model is None:
+        return _fail("--selftest needs --model (the ONNX file to check)")
+    if args.script is not None:
+        return _fail("--selftest answers one --instruction; --script is not used by it")
+    if not Path(args.model).is_file():
+        return _fail(f"--model {args.model}: file not found")
+    try:
+        config = SelftestConfig(model=str(args.model), instruction=args.instruction or DEFAULT_INSTRUCTION,
+                                latency_budget_s=(DEFAULT_LATENCY_BUDGET_S if args.selftest_budget is None
+                                                  else args.selftest_budget),
+                                rate_hz=args.rate, horizon=args.horizon, threads=args.threads,
+                                provider=args.provider, constrained=args.constrained)
+    except ValueError as exc:
+        return _fail(exc)
+    return main_selftest(config)
 
 
 REPORT_TIMEOUT = 300.0  # s; drawing a long run takes seconds, a hung one must not hold the lock forever
