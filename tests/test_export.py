@@ -341,3 +341,43 @@ def test_cli_parity_failure_exit_1(pruned_dir, tmp_path, capsys, monkeypatch, ke
     kept = tmp_path / "m.parity-failed.onnx"
     assert kept.is_file() == keep
     assert sorted(p.name for p in tmp_path.iterdir()) == (["m.parity-failed.onnx"] if keep else [])
+
+
+def test_cli_external_data_writes_two_files_that_decode_like_one(pruned_dir, tmp_path, capsys):
+    """--external-data: OUT holds the graph, OUT.data the weights; the pair decodes exactly as the
+    self-contained file does, a re-export replaces both, and a failed parity check leaves an
+    existing pair untouched."""
+    from edge_runtime.decoding.generator import OnnxGenerator
+
+    one, two = tmp_path / "one" / "m.onnx", tmp_path / "two" / "m.onnx"
+    common = ["--parity-prompts", "1", "--decision-prompts", "0", "--max-new-tokens", "8"]
+    assert cli.main([str(pruned_dir), "-o", str(one), *common]) == 0
+    assert cli.main([str(pruned_dir), "-o", str(two), "--external-data", *common]) == 0
+    printed = capsys.readouterr().out
+    assert "m.onnx.data" in printed
+    assert sorted(p.name for p in two.parent.iterdir()) == ["m.onnx", "m.onnx.data"]  # no staging left
+    data = two.with_name("m.onnx.data")
+    assert two.stat().st_size < data.stat().st_size and data.stat().st_size > 0.9 * one.stat().st_size
+    moved = tmp_path / "elsewhere"  # the graph names its data file relatively: the pair moves together
+    two.parent.rename(moved)
+    prompt = "Drive on the centre line."
+    a, b = OnnxGenerator(one).generate(prompt, 12), OnnxGenerator(moved / "m.onnx").generate(prompt, 12)
+    assert a.token_ids == b.token_ids
+    before = {p.name: p.read_bytes() for p in moved.iterdir()}
+    from edge_runtime.export import parity
+
+    real = parity.check_parity
+    try:
+        parity.check_parity = lambda *args, **kwargs: ParityReport(
+            ok=False, max_abs_logit_diff=0.5, identical_answers=0, n_prompts=1, dtype="fp32", logit_tolerance=1e-3,
+            message="forced")
+        assert cli.main([str(pruned_dir), "-o", str(moved / "m.onnx"), "--external-data", *common]) == 1
+    finally:
+        parity.check_parity = real
+    assert {p.name: p.read_bytes() for p in moved.iterdir()} == before
+
+
+def test_cli_external_data_is_an_onnx_option(pruned_dir, tmp_path, capsys):
+    rc = cli.main([str(pruned_dir), "-o", str(tmp_path / "m.gguf"), "--external-data"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "--external-data" in err and err.count("\n") == 1

@@ -343,7 +343,7 @@ def test_quantize_errors(variants, workdir, tmp_path):
 
 # ------------------------------------------------------------------------------------- CLI
 @pytest.mark.parametrize("args", [["--quantize", "int8"], ["--quantize", "int4", "--block-size", "16"],
-                                  ["--quantize", "int4", "--accuracy-level", "4", "--float-embedding"]])
+                                  ["--quantize", "int4", "--accuracy-level", "0", "--float-embedding"]])
 def test_cli_quantize_end_to_end(models, tmp_path, capsys, args):
     out = tmp_path / "q.onnx"
     rc = cli.main([str(models["pruned"]), "-o", str(out), *args, "--parity-prompts", "1",
@@ -357,7 +357,7 @@ def test_cli_quantize_end_to_end(models, tmp_path, capsys, args):
     assert record["kind"] == args[1]
     if "--block-size" in args:
         assert record["block_size"] == 16
-    assert record["accuracy_level"] == (4 if "--accuracy-level" in args else None)
+    assert record["accuracy_level"] == (0 if "--accuracy-level" in args else 4)  # 4 (int8 compute) by default
     assert record["embedding"] == ("float32" if "--float-embedding" in args
                                    else f"{record['bits']}-bit GatherBlockQuantized, shared with the LM head")
 

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
 import time
 import uuid
@@ -40,7 +41,7 @@ from pathlib import Path
 # because on every shipped model it stays inside the parity bound, while the dynamic int8 file of
 # models/tiny/dense and models/tiny/pruned50 moves the largest logit past it and is refused
 # (bench/results/quantization.md).
-from .quantize import DEFAULT_INT8_METHOD, INT8_METHODS
+from .quantize import DEFAULT_ACCURACY_LEVEL, DEFAULT_INT8_METHOD, INT8_METHODS
 
 DTYPE_CHOICES = ("fp32", "fp16")
 QUANTIZE_CHOICES = ("int8", "int4")
@@ -89,10 +90,15 @@ def build_parser() -> argparse.ArgumentParser:
                         "models/tiny/pruned50) (default: %(default)s)")
     p.add_argument("--block-size", type=int, default=32, choices=BLOCK_SIZE_CHOICES,
                    help="MatMulNBits block size along K (int4, and int8 weight-only) (default: %(default)s)")
-    p.add_argument("--accuracy-level", type=int, default=None, choices=(0, 1, 2, 3, 4), metavar="{0..4}",
-                   help="MatMulNBits compute precision: 4 multiplies in int8 (activations quantized per block, "
-                        "faster on CPU), 0-3 in float; unset leaves ONNX Runtime's default, float32 "
-                        "(default: unset)")
+    p.add_argument("--accuracy-level", type=int, default=DEFAULT_ACCURACY_LEVEL, choices=(0, 1, 2, 3, 4),
+                   metavar="{0..4}",
+                   help="MatMulNBits compute precision: 4 multiplies in int8 (activations quantized per block: the "
+                        "fast CPU kernels), 0 is ONNX Runtime's float32 compute (several times slower on CPU), 1-3 "
+                        "float32/fp16/bf16 where the CPU has them; GPU providers ignore it (default: %(default)s)")
+    p.add_argument("--external-data", action="store_true",
+                   help="write the weights to OUT.data beside OUT instead of inside the protobuf: ONNX Runtime "
+                        "then reads them without a parsed copy of the whole file, which lowers peak memory at load "
+                        "(keep both files together) (default: off, one self-contained file)")
     p.add_argument("--head-bits", type=int, default=None, choices=(4, 8),
                    help="MatMulNBits: bit width of the LM head and of a tied embedding table when it differs from "
                         "the projections' (e.g. --quantize int4 --head-bits 8) (default: the projections' bits)")
@@ -176,6 +182,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _fail("--quantize / --dtype are ONNX options; for GGUF use --gguf-type f32|f16|q8_0")
         if out.is_dir():
             return _fail(f"output {out} is a directory")
+        if args.external_data:
+            return _fail("--external-data is an ONNX option; a GGUF file always holds its weights")
         from .gguf_export import run_cli
         return run_cli(model_dir, out, args.gguf_type or "f32")
     if args.gguf_type is not None:
@@ -206,6 +214,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .errors import ExportError
     from .onnx_export import GENERATION_DEFAULTS, export_onnx
     from .parity import TOLERANCES, check_parity
+    from .external_data import data_file_name, externalize_weights
     from .quantize import QuantizeConfig, QuantizeError, quantize_onnx
     from .shared_cache_graph import check_supported
 
@@ -226,6 +235,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     tag = uuid.uuid4().hex[:8]
     tmp = out.with_name(f".{out.stem}.export-{tag}.onnx")
     tmp_fp32 = out.with_name(f".{out.stem}.export-{tag}.fp32.onnx")
+    # --external-data: the graph and its data file are staged in a folder of their own under their
+    # final names (the graph refers to the data file by name), then moved beside OUT
+    staging = out.with_name(f".{out.stem}.export-{tag}.d") if args.external_data else None
     quant = None
     try:
         t0 = time.perf_counter()
@@ -240,6 +252,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 quant = quantize_onnx(tmp_fp32, tmp, config)
         except (ExportError, QuantizeError, ModelFormatError, ArchSpecError, FileNotFoundError) as exc:
             return _fail(exc)
+        if staging is not None:
+            staging.mkdir()
+            self_contained, tmp = tmp, staging / out.name
+            externalize_weights(self_contained, tmp)
+            self_contained.unlink()
         t_export = time.perf_counter() - t0
         mpc, decision = parity_prompts(args.parity_prompts, args.decision_prompts)
         budgets = GENERATION_DEFAULTS["max_new_tokens"]
@@ -249,10 +266,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         report = check_parity(model_dir, tmp, mpc + decision, tokens, threads=args.threads)
         t_parity = time.perf_counter() - t1
         size = tmp.stat().st_size
+        data_file = tmp.with_name(data_file_name(tmp.name)) if staging is not None else None
+        if data_file is not None:
+            size += data_file.stat().st_size
         variant = args.dtype if quant is None else f"{args.quantize} {quant.config.method}"
         cache = f"shared KV cache, capacity {args.kv_capacity}" if layout == "shared" else f"concat KV cache, opset {args.opset}"
         print(f"edge-export {model_dir} -> {out} ({variant}, {cache})")
-        print(f"  size               {size / 2**20:.2f} MiB ({size:,} bytes)")
+        print(f"  size               {size / 2**20:.2f} MiB ({size:,} bytes)"
+              + (f"; weights in {out.name}.data" if data_file is not None else ""))
         if quant is not None:
             print(f"  quantized          {len(quant.quantized)} MatMul weights; {100 * quant.ratio:.0f}% of the fp32 "
                   f"file ({quant.src_bytes / 2**20:.2f} MiB)"
@@ -273,12 +294,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             kept = ""
             if args.keep_failed:
                 failed = out.with_name(out.stem + ".parity-failed.onnx")
-                os.replace(tmp, failed)
+                if data_file is not None:  # the kept graph keeps its weights: re-inline them
+                    import onnx
+
+                    onnx.save_model(onnx.load(str(tmp)), str(failed))
+                else:
+                    os.replace(tmp, failed)
                 kept = f"; graph kept as {failed}"
             print(f"edge-export: parity FAILED: {report.message}; {out} was not written{kept}", file=sys.stderr)
             return 1
+        if data_file is not None:  # the data first: the graph that refers to it lands last
+            os.replace(data_file, out.with_name(data_file.name))
         os.replace(tmp, out)
-        print(f"  parity             OK -> {out}")
+        print(f"  parity             OK -> {out}" + (f" + {out.name}.data" if data_file is not None else ""))
         if quant is not None:
             print(f"  note               {args.quantize} answers may differ from the fp32 model's; check the validation "
                   f"score: edge-eval --model {out} --task both --split validation")
@@ -286,6 +314,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         tmp.unlink(missing_ok=True)
         tmp_fp32.unlink(missing_ok=True)
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -29,7 +29,7 @@ and reads the same tensors as for the fp32 file).
   the dynamic method's, and it is the method that passes the parity bound of ``export.parity`` on
   every shipped model, hence the default here and in ``edge-export``. The price is speed on CPU:
   ONNX Runtime's 8-bit kernel computes in float32 at the default ``accuracy_level`` and decodes
-  slower than the fp32 graph; ``accuracy_level=4`` (int8 compute) recovers the speed. Needs the
+  slower than the fp32 graph unless ``accuracy_level=4`` (int8 compute, the default here) is set. Needs the
   ``com.microsoft`` contrib op (ONNX Runtime CPU/CUDA, not plain ONNX).
 * ``"dynamic"`` -- ``onnxruntime.quantization.quantize_dynamic``: weights int8 (symmetric, per
   output channel by default), activations quantized to uint8 per tensor at run time
@@ -93,6 +93,9 @@ META = "edge_runtime."
 QUANTIZATION_KEY = META + "quantization"
 
 
+DEFAULT_ACCURACY_LEVEL = 4  # QuantizeConfig's and edge-export's default (int8 compute in MatMulNBits)
+
+
 class QuantizeError(ValueError):
     """The file cannot be quantized as asked (bad settings, not an fp32 edge_runtime export, ...)."""
 
@@ -102,8 +105,10 @@ class QuantizeConfig:
     """How to quantize. ``kind``: "int8" | "int4". ``int8_method``: "weight-only" (default) |
     "dynamic" (int8 only). ``per_channel``: per-output-channel int8 weight scales (int8 dynamic only).
     ``block_size`` / ``symmetric`` / ``accuracy_level``: MatMulNBits settings (int4 and int8
-    weight-only); ``accuracy_level`` None leaves ONNX Runtime's default (float32 compute on CPU),
-    4 computes in int8 (faster on some CPUs, less accurate). ``quantize_embedding``: the embedding
+    weight-only); ``accuracy_level`` 4 (:data:`DEFAULT_ACCURACY_LEVEL`) multiplies in int8 with
+    the activations quantized per block -- the speed the MLAS kernels were written for on CPU; None
+    or 0 leave ONNX Runtime's float32 compute (several times slower per token on the CPUs measured,
+    bench/results/compare_throughput; GPU execution providers ignore the setting). ``quantize_embedding``: the embedding
     Gather reads a quantized table too (MatMulNBits methods; module docstring). ``head_bits``: the
     LM head's (and so a tied embedding's) bit width when it differs from the projections' -- 8 with
     int4 keeps the 49152-wide vocabulary projection, the error every logit shares, at 8 bits."""
@@ -113,7 +118,7 @@ class QuantizeConfig:
     per_channel: bool = True
     block_size: int = 32
     symmetric: bool = True
-    accuracy_level: int | None = None
+    accuracy_level: int | None = 4  # DEFAULT_ACCURACY_LEVEL
     quantize_embedding: bool = True
     head_bits: int | None = None
 
