@@ -224,9 +224,20 @@ def lock_held(vehicle: Vehicle) -> bool:
 
 
 # ------------------------------------------------------------------------------------------ helpers
+def _die_with_parent() -> None:
+    """preexec: the child gets SIGKILL when the agent dies (Linux prctl PR_SET_PDEATHSIG), so that a
+    killed install leaves no pip still writing into the slot the next install rebuilds."""
+    import ctypes
+    import signal
+
+    with contextlib.suppress(Exception):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0)
+
+
 def _run(cmd: list[str], timeout: float, what: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     try:
-        return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout or None, env=env)
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout or None, env=env,
+                              preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None)
     except subprocess.TimeoutExpired:
         raise DeployError(f"{what} took over {timeout:g} s and was stopped")
     except OSError as exc:
