@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import math
 import sys
 import time
 from pathlib import Path
@@ -56,6 +57,7 @@ from ..sim import (
     available_simulators,
     make_simulator,
     registered_simulators,
+    vehicle_params_of,
 )
 from ..sim.track import TrackFormatError
 from ..sim.tracks import TRAIN_TRACK
@@ -107,6 +109,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--track", default=TRAIN_TRACK,
                    help=f"built-in track ({', '.join(BUILTIN_TRACKS)}) or the path of a CSV track "
                         "(x_m, y_m, w_tr_right_m, w_tr_left_m per row) (default: %(default)s)")
+    carla = p.add_argument_group("CARLA (--sim carla; docs/carla.md)")
+    carla.add_argument("--carla-host", default="localhost", metavar="HOST",
+                       help="CARLA server host (default: %(default)s)")
+    carla.add_argument("--carla-port", type=int, default=2000, metavar="PORT",
+                       help="CARLA server RPC port (default: %(default)s)")
+    carla.add_argument("--carla-timeout", type=float, default=10.0, metavar="S",
+                       help="client timeout for every CARLA call, connecting included; no server within it is "
+                            "one error line, exit 2 (default: %(default)s)")
+    carla.add_argument("--town", default=None, metavar="MAP",
+                       help="CARLA map to load first, e.g. Town04 (default: keep the server's loaded map)")
+    carla.add_argument("--carla-route", default=None, metavar="FILE",
+                       help="closed route as CSV rows 'x, y[, lane_width]' in CARLA map coordinates (default: "
+                            "follow the lane of the map's first spawn point until it closes)")
+    carla.add_argument("--carla-vehicle", default="vehicle.lincoln.mkz_2020", metavar="BLUEPRINT",
+                       help="ego vehicle blueprint; the MPC plans with its wheelbase and steering limit "
+                            "(default: %(default)s)")
     source = p.add_mutually_exclusive_group()
     source.add_argument("--params", default=None, metavar="FILE",
                         help="drive without an LLM on one fixed MPC parameter set: a JSON file (missing names "
@@ -157,6 +175,22 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --model: grammar-constrained decoding, so every answer parses and tokens the "
                         "grammar fixes skip the forward pass (default: off, the model's own output)")
     return p
+
+
+def _sim_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The backend's keyword configuration from the command line."""
+    if args.sim != "carla":
+        return {"track": args.track}
+    return {"host": args.carla_host, "port": args.carla_port, "timeout": args.carla_timeout, "town": args.town,
+            "route": args.carla_route, "blueprint": args.carla_vehicle,
+            "physics_dt": _carla_physics_dt(args.rate)}
+
+
+def _carla_physics_dt(rate: float) -> float:
+    """One ``world.tick()`` per control period, split into equal ticks when the period is longer
+    than the 0.1 s CARLA's physics allows for ``fixed_delta_seconds``."""
+    period = 1.0 / rate
+    return period / max(1, math.ceil(period / 0.1 - 1e-9))
 
 
 def _check_sim(name: str) -> None:
@@ -319,17 +353,18 @@ def _run(argv: list[str] | None, signals: StopSignals, cleanup: contextlib.ExitS
     try:
         params = DEFAULT_PARAMS if args.params in (None, "default") else MPCParams.from_json_file(args.params)
         loop_config = LoopConfig(rate_hz=args.rate, duration=args.duration, realtime=not args.fast)
-        mpc_config = MPCConfig(horizon=args.horizon, rate_hz=args.rate)
         if args.threads is not None and args.threads < 1:
             raise ValueError(f"--threads must be a positive integer, got {args.threads}")
         if not (args.gpu_interval >= 0 and args.gpu_interval < float("inf")):
             raise ValueError(f"--gpu-interval must be >= 0 seconds (0: off), got {args.gpu_interval}")
         scenario, note = _scenario(args)
         _check_sim(args.sim)
-        sim = make_simulator(args.sim, track=args.track)
+        sim = make_simulator(args.sim, **_sim_options(args))
+        cleanup.callback(sim.close)
+        # The MPC plans with the simulated car's own geometry (a CARLA car is not an F1TENTH car).
+        mpc_config = MPCConfig(horizon=args.horizon, rate_hz=args.rate, vehicle=vehicle_params_of(sim))
     except (ParameterError, TrackFormatError, SimulatorUnavailableError, ScriptError, ValueError) as exc:
         return _fail(exc)
-    cleanup.callback(sim.close)
     try:
         out_dir = claim_output_dir(args.out, overwrite=args.overwrite)  # before the model loads
     except OutputDirError as exc:
@@ -400,10 +435,12 @@ def _run(argv: list[str] | None, signals: StopSignals, cleanup: contextlib.ExitS
         log.close()
     summary = loop.summary()
     summary.update({"interrupted": interrupted, "signals": list(signals.received), "sim": args.sim,
-                    "track": args.track, "started": started, "log": str(out / "steps.jsonl"),
+                    "track": sim.track.name if args.sim != "track" else args.track, "started": started, "log": str(out / "steps.jsonl"),
                     "log_records": log.records, "telemetry": log.health(),
                     "gpu": gpu_sampler.summary() if gpu_sampler is not None else {"available": False,
                                                                                    "note": gpu_note}})
+    if hasattr(sim, "info"):
+        summary["sim_info"] = sim.info()  # e.g. CARLA: server version, map, collisions, lane invasions
     if worker is None:
         summary["params"] = params.to_dict()
     else:

@@ -123,6 +123,9 @@ class ControlLoop:
         self.in_force: ControlCommand = NEUTRAL  # the command the car holds now
         self.steps = 0
         self.peak_rss = 0
+        # Backends with telemetry of their own (CARLA: frame id, server time, tick wall time) add it to
+        # every control record; the record's other fields stay as they are.
+        self._sim_telemetry = getattr(sim, "telemetry", None)
         self.last_state: VehicleState = sim.state()
         self.sim_time = self.last_state.t  # read by other threads (a float assignment is atomic)
         # LLM (see attach_llm)
@@ -295,6 +298,8 @@ class ControlLoop:
             }
             if self.worker is not None:
                 record["llm_wait"] = waited
+            if self._sim_telemetry is not None:
+                record.update(self._sim_telemetry())
             if k % cfg.memory_every == 0:
                 rss, peak = process_memory()
                 self.peak_rss = max(self.peak_rss, peak)

@@ -2,8 +2,10 @@
 
 Gymnasium style: ``make_simulator("track", track="hairpin")`` builds the embedded track simulator
 from :class:`TrackSimConfig` keyword arguments; ``register_simulator(name, factory)`` adds a
-backend. ``"carla"`` is registered so that ``--sim carla`` fails with a clear message until the
-CARLA backend exists.
+backend. ``make_simulator("carla", host=, port=, town=, ...)`` builds the CARLA backend from
+:class:`~edge_runtime.sim.carla_sim.CarlaSimConfig` keyword arguments (plus ``carla_module``, a
+stand-in for the ``carla`` package in tests); it is offered as runnable when the ``carla`` package
+is installed (the ``carla`` extra), and otherwise refuses with a one-line reason.
 
 Imports stay light: numpy only at import time (scipy.interpolate loads when a track is built, the
 racing line's osqp/scipy.sparse on first use of its names), no gymnasium (the Gymnasium
@@ -30,7 +32,7 @@ __all__ = [
     "TrackFormatError", "TrackSimConfig", "TrackSimulator", "VehicleParams", "VehicleState",
     "available_simulators", "compute_racing_line", "load_track", "make_simulator", "register_simulator",
     "registered_simulators",
-    "split_track",
+    "split_track", "vehicle_params_of",
 ]
 
 SimulatorFactory = Callable[..., Simulator]
@@ -109,10 +111,41 @@ def _make_track_simulator(**config: Any) -> TrackSimulator:
 
 
 def _make_carla_simulator(**config: Any) -> Simulator:
-    raise SimulatorUnavailableError(
-        "the CARLA simulator backend is not available yet: it lands in a later issue. "
-        "Use the embedded track simulator instead (--sim track, or make_simulator('track', ...)).")
+    """``CarlaSimulator(CarlaSimConfig(**config), carla_module=...)``; a missing package or server
+    is a :class:`SimulatorUnavailableError` (one line), a bad option a ``TypeError`` naming it."""
+    from .carla_sim import CarlaSimConfig, CarlaSimulator, CarlaUnavailable  # carla loads only here
+
+    module = config.pop("carla_module", None)
+    valid = {f.name for f in fields(CarlaSimConfig)}
+    unknown = sorted(set(config) - valid)
+    if unknown:
+        raise TypeError(
+            f"unknown option(s) for the 'carla' simulator: {', '.join(unknown)}; "
+            f"valid options (CarlaSimConfig fields): {', '.join(sorted(valid))}")
+    try:
+        return CarlaSimulator(CarlaSimConfig(**config), carla_module=module)
+    except CarlaUnavailable as exc:
+        raise SimulatorUnavailableError(str(exc)) from None
+
+
+def _carla_installed() -> bool:
+    """Whether ``import carla`` can work here (checked without importing it: the import is slow)."""
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec("carla") is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def vehicle_params_of(sim: Simulator) -> VehicleParams:
+    """The geometry and steering limits the MPC should plan with for ``sim``'s car.
+
+    A backend that drives its own vehicle (CARLA: a full-size car) says so with a
+    ``vehicle_params`` attribute; the others drive the F1TENTH car of :class:`VehicleParams`."""
+    params = getattr(sim, "vehicle_params", None)
+    return params if isinstance(params, VehicleParams) else VehicleParams()
 
 
 register_simulator("track", _make_track_simulator)
-register_simulator("carla", _make_carla_simulator, available=False)
+register_simulator("carla", _make_carla_simulator, available=_carla_installed())

@@ -81,6 +81,11 @@ class TrackSimulator:
     def physics_dt(self) -> float:
         return self._dt
 
+    @property
+    def vehicle_params(self) -> VehicleParams:
+        """The simulated car's parameters: the MPC plans with the same geometry (``vehicle_params_of``)."""
+        return self.config.vehicle
+
     # -- episode control --------------------------------------------------------------------------
     def reset(self, seed: int | None = None) -> VehicleState:
         """Put the car at the configured start pose (perturbed by ``reset_noise``, drawn from the
