@@ -136,3 +136,42 @@ class TorchSteps:
                              use_cache=True)
             self.cache = out.past_key_values
             return out.logits[0, -1].float().numpy()
+
+
+#: Bytes per element of the ONNX TensorProto data types an exported graph stores weights in.
+_ELEMENT_BYTES = {1: 4, 10: 2, 16: 2, 2: 1, 3: 1, 6: 4, 7: 8, 11: 8, 21: 0.5, 22: 0.5}
+
+
+def _row_read(op_type: str, index: int) -> bool:
+    """Whether input ``index`` of an ``op_type`` node is a table read one row per token: the
+    embedding of Gather / GatherBlockQuantized (data and scales), and the RoPE cos/sin caches of
+    GroupQueryAttention (inputs 7 and 8)."""
+    if op_type in ("Gather", "GatherBlockQuantized"):
+        return index != 1  # 1: the token ids
+    return op_type == "GroupQueryAttention" and index in (7, 8)
+
+
+def streamed_weight_bytes(path: str | Path) -> int:
+    """Weight bytes one decode step reads from memory: every initialiser a node consumes, except
+    tables read one row per token (the embedding, the RoPE caches). A table shared by the embedding
+    gather and the LM head counts once, as the head's weight.
+
+    Why: at batch 1 decode is memory-bound, so the speed-up a smaller model can reach is the ratio
+    of these bytes, not of its parameters (the embedding is most of a small model's parameters and
+    costs one row per token). The pruning benchmark compares each speed-up with this ratio."""
+    from edge_runtime.decoding.onnx_graph import read_graph_facts
+
+    facts = read_graph_facts(path)
+    streamed: set[str] = set()
+    for node in facts.nodes:
+        for i, name in enumerate(node.inputs):
+            if name in facts.initializers and not _row_read(node.op_type, i):
+                streamed.add(name)
+    total = 0.0
+    for name in streamed:
+        t = facts.initializers[name]
+        n = 1
+        for d in t.dims:
+            n *= d
+        total += n * _ELEMENT_BYTES.get(t.data_type, 4)
+    return int(total)

@@ -99,8 +99,10 @@ class OnnxAdapter(Adapter):
     def info(self) -> dict[str, Any]:
         from edge_runtime.runtime.llm_worker import mpc_token_budget
 
+        from _common import streamed_weight_bytes
+
         return {"parameters": self.gen.spec.num_parameters(), "file_bytes": self.path.stat().st_size,
-                "dtype": self.gen.dtype, "providers": self.gen.providers, "kv_cache": self.gen.kv_layout,
+                "streamed_weight_bytes": streamed_weight_bytes(self.path), "dtype": self.gen.dtype, "providers": self.gen.providers, "kv_cache": self.gen.kv_layout,
                 "kv_capacity": self.gen.kv_capacity, "mpc_budget": mpc_token_budget(self.gen.generation, str(self.path)),
                 "chat_format": self.gen.chat_format.to_dict()}
 

@@ -344,7 +344,12 @@ def ratios(results: dict[str, Any], names: list[str], ref: str, peers: list[str]
             "rss_ratio": _ratio(s["peak_rss_bytes"], r["peak_rss_bytes"]),
             "file_ratio": _ratio(results[n]["info"].get("file_bytes"), results[ref]["info"].get("file_bytes")),
             "param_ratio": _ratio(results[ref]["info"].get("parameters"), results[n]["info"].get("parameters")),
+            # the speed-up a memory-bound decode can reach, and how much of it was reached
+            "streamed_bytes_ratio": _ratio(results[ref]["info"].get("streamed_weight_bytes"),
+                                           results[n]["info"].get("streamed_weight_bytes")),
         }
+        v = vs_ref[n]
+        v["decode_vs_bytes"] = _ratio(v["decode_speedup"], v["streamed_bytes_ratio"])
     vs_peer = {}
     for n in names:
         if results[n]["kind"] != "onnx":
@@ -416,11 +421,12 @@ def markdown(doc: dict[str, Any]) -> str:
     rt = doc["ratios"]
     lines += ["", f"## Ratios vs `{rt['reference']}` (speed-up > 1: faster than the reference)", "",
               "| model | decode speed-up | prefill speed-up | instr→params speed-up | param ratio (ref / model) | "
-              "RSS ratio | file ratio |", "|---|---|---|---|---|---|---|"]
+              "streamed weight bytes ratio (ref / model) | decode speed-up / bytes ratio | RSS ratio | file ratio |",
+              "|---|---|---|---|---|---|---|---|---|"]
     for n, v in rt["vs_reference"].items():
         lines.append(f"| {n} | {_f(v['decode_speedup'])} | {_f(v['prefill_speedup'])} | "
-                     f"{_f(v['instruction_speedup'])} | {_f(v['param_ratio'])} | {_f(v['rss_ratio'])} | "
-                     f"{_f(v['file_ratio'])} |")
+                     f"{_f(v['instruction_speedup'])} | {_f(v['param_ratio'])} | {_f(v.get('streamed_bytes_ratio'))} | "
+                     f"{_f(v.get('decode_vs_bytes'))} | {_f(v['rss_ratio'])} | {_f(v['file_ratio'])} |")
     lines += ["", "## Ours vs each peer (time ratio ours / peer: < 1 means ours is faster)", ""]
     if rt["vs_peers"]:
         lines += ["| pair | decode ms ratio | prefill ms ratio | instr→params ratio | RSS ratio | file ratio |",

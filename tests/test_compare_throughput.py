@@ -73,6 +73,10 @@ def test_smoke_run_writes_results_table_and_plots(smoke):
     vs_ref = doc["ratios"]["vs_reference"]
     assert doc["ratios"]["reference"] == "dense" and vs_ref["dense"]["decode_speedup"] == 1.0
     assert vs_ref["pruned50"]["param_ratio"] > 1.0 and vs_ref["pruned50"]["decode_speedup"] > 0
+    bytes_ratio = vs_ref["pruned50"]["streamed_bytes_ratio"]
+    assert bytes_ratio == pytest.approx(doc["results"]["dense"]["info"]["streamed_weight_bytes"]
+                                        / doc["results"]["pruned50"]["info"]["streamed_weight_bytes"])
+    assert vs_ref["pruned50"]["decode_vs_bytes"] == pytest.approx(vs_ref["pruned50"]["decode_speedup"] / bytes_ratio)
     if (TINY / "dense" / "eval_test.json").is_file():
         score = doc["results"]["dense"]["score"]
         assert score["split"] == "test" and score["fraction_of_oracle_ci"] is not None
@@ -166,3 +170,22 @@ def test_rapl_meter_counts_joules_and_wraps(tmp_path):
     assert meter.stop() == pytest.approx(2.0)
     with pytest.raises(OSError):
         energy.RaplMeter(tmp_path / "missing")
+
+
+def test_streamed_weight_bytes_counts_what_a_decode_step_reads():
+    """fp32, tied: every parameter once (the shared table as the LM head's weight; the embedding
+    gather and the RoPE caches read a row per token). The shipped SmolLM2 file: the 8-bit table
+    once, as the head, plus 4-bit projections with their scales -- far below its file's fp32 size."""
+    sys.path.insert(0, str(REPO / "bench"))
+    from _common import streamed_weight_bytes
+    from edge_runtime.decoding.generator import OnnxGenerator
+
+    spec = OnnxGenerator(TINY / "dense.onnx").spec
+    fp32 = streamed_weight_bytes(TINY / "dense.onnx")
+    assert 4 * spec.num_parameters() <= fp32 <= 4 * spec.num_parameters() + 1024
+    shipped = REPO / "models" / "dense.onnx"
+    spec = OnnxGenerator(shipped).spec
+    table = spec.vocab_size * spec.hidden_size
+    projections = spec.num_parameters() - table
+    streamed = streamed_weight_bytes(shipped)
+    assert table + projections / 2 < streamed < 1.1 * table + 0.7 * projections
