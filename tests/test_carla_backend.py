@@ -395,3 +395,37 @@ def test_edge_run_against_no_server_fails_within_the_timeout(tmp_path):
     assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
     assert f"127.0.0.1:{port}" in proc.stderr and "time-out" in proc.stderr
     assert elapsed < 60  # the 2 s client timeout plus interpreter start-up, not a hang
+
+
+@pytest.mark.slow
+def test_sixty_seconds_closed_loop_with_the_shipped_llm(tmp_path, monkeypatch, capsys):
+    """edge-run --model models/dense.onnx --sim carla in real time on the double: 60 s at 20 Hz,
+    no overrun, a complete and valid log."""
+    from edge_runtime.runtime.cli import main
+
+    model = ROOT / "models" / "dense.onnx"
+    if not model.is_file():
+        pytest.skip("models/dense.onnx not present")
+    mod = cd.make_module()
+    monkeypatch.setitem(sys.modules, "carla", mod)
+    out = tmp_path / "run"
+    rc = main(["--model", str(model), "--sim", "carla", "--instruction", "Drive at 4 m/s.", "--duration", "60",
+               "--rate", "20", "--threads", "1", "--constrained", "--gpu-interval", "0", "--out", str(out)])
+    printed = capsys.readouterr()
+    assert rc == 0, printed.err
+    summary = json.loads((out / "summary.json").read_text())
+    records = [json.loads(line) for line in (out / "steps.jsonl").read_text().splitlines()]
+    control = [r for r in records if r["type"] == "control"]
+    llm = [r for r in records if r["type"] == "llm"]
+    assert summary["overruns"] == 0 and summary["dropped_steps"] == 0 and summary["steps"] == 1200
+    assert summary["realtime"] is True and not summary["crashed"] and summary["mpc_failures"] == 0
+    assert summary["telemetry"]["dropped"] == 0 and summary["log_records"] == len(records)
+    assert [r["step"] for r in control] == list(range(1200))
+    assert control[-1]["sim_time"] == pytest.approx(60.0)
+    frames = [r["sim_frame"] for r in control]
+    assert frames == list(range(frames[0], frames[0] + 1200))
+    for r in control:
+        assert all(math.isfinite(r[k]) for k in ("exec_time", "s", "d", "v", "sim_server_time", "sim_tick_wall"))
+    assert len(llm) == 1 and llm[0]["status"] == "applied"
+    assert summary["llm"]["generations"] == 1 and summary["sim_info"]["collision_count"] == 0
+    assert server_clean(mod)
