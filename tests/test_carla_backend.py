@@ -324,7 +324,11 @@ def test_edge_run_sim_carla_on_the_double(carla_module, tmp_path, capsys):
     assert frames == list(range(frames[0], frames[0] + 60))  # one tick per 20 Hz step
     assert all(r["sim_tick_wall"] >= 0 and r["sim_server_time"] > 0 for r in control)
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["sim"] == "carla" and summary["track"] == "carla:Town04"
+    assert summary["sim"] == "carla" and summary["track_name"] == "carla:Town04"
+    from edge_runtime.sim import load_track  # the route is saved for edge-report
+
+    assert Path(summary["track"]) == out / "carla-Town04.csv"
+    assert load_track(summary["track"]).length == pytest.approx(LOOP_LENGTH, rel=5e-3)
     assert summary["sim_info"]["map"] == "Town04" and summary["sim_info"]["lane_invasions"] == 0
     assert carla_module.server.loaded == ["Town04"] and server_clean(carla_module)
 

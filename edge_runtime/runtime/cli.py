@@ -193,6 +193,11 @@ def _carla_physics_dt(rate: float) -> float:
     return period / max(1, math.ceil(period / 0.1 - 1e-9))
 
 
+def _safe_name(name: str) -> str:
+    """A file name from a track name such as ``carla:Town04``."""
+    return "".join(c if c.isalnum() or c in "-_." else "-" for c in name).strip(".") or "track"
+
+
 def _check_sim(name: str) -> None:
     """A registered backend that cannot run (carla) refuses in make_simulator with its own reason;
     anything else unknown is named here together with what can run."""
@@ -409,6 +414,14 @@ def _run(argv: list[str] | None, signals: StopSignals, cleanup: contextlib.ExitS
     except OSError as exc:
         return _fail(f"--out {out}: cannot create steps.jsonl ({exc.strerror or exc}); choose a writable "
                      "directory with --out")
+    track_ref = args.track
+    if args.sim != "track":  # the backend's own track (CARLA: the route), saved so that edge-report can draw it
+        track_ref = str(out / (_safe_name(sim.track.name) + ".csv"))  # its stem names the track in the report
+        try:
+            sim.track.to_csv(track_ref)
+        except OSError as exc:
+            _warn(f"could not write {track_ref} ({exc.strerror or exc}); edge-report will not draw the map")
+            track_ref = sim.track.name
     stop = signals.stop
     signals.running()  # from here a signal stops the loop; the summary is still written
     started = time.time()
@@ -435,7 +448,7 @@ def _run(argv: list[str] | None, signals: StopSignals, cleanup: contextlib.ExitS
         log.close()
     summary = loop.summary()
     summary.update({"interrupted": interrupted, "signals": list(signals.received), "sim": args.sim,
-                    "track": sim.track.name if args.sim != "track" else args.track, "started": started, "log": str(out / "steps.jsonl"),
+                    "track": track_ref, "track_name": sim.track.name, "started": started, "log": str(out / "steps.jsonl"),
                     "log_records": log.records, "telemetry": log.health(),
                     "gpu": gpu_sampler.summary() if gpu_sampler is not None else {"available": False,
                                                                                    "note": gpu_note}})
