@@ -486,7 +486,8 @@ class Server:
     tm_seed: int | None = None
     hang_on_tick: bool = False
     running: bool = True
-    loaded: list[str] = field(default_factory=list)
+    loaded: list[tuple[str, float | None]] = field(default_factory=list)  # (town, client timeout then)
+    timeouts: list[float] = field(default_factory=list)
     k: Any = None  # the value classes (Location, Transform, ...): the double's own or the real carla's
 
     def __post_init__(self) -> None:
@@ -546,6 +547,7 @@ def make_module(server: Server | None = None, real: types.ModuleType | None = No
 
         def set_timeout(self, seconds: float) -> None:
             self.timeout = seconds
+            server.timeouts.append(seconds)
 
         def get_server_version(self) -> str:
             server.check_connected(self.port)
@@ -561,7 +563,7 @@ def make_module(server: Server | None = None, real: types.ModuleType | None = No
         def load_world(self, town: str) -> World:
             server.check_connected(self.port)
             server.map = default_map(town, k=server.k)
-            server.loaded.append(town)
+            server.loaded.append((town, self.timeout))
             return World(server)
 
         def get_trafficmanager(self, port: int = 8000) -> TrafficManager:

@@ -47,6 +47,9 @@ from .protocol import ControlCommand, VehicleState
 from .track import Track, wrap_angle
 from .vehicle import VehicleParams
 
+#: s the client waits for ``load_world`` (a map load takes tens of seconds, longer than an RPC).
+LOAD_WORLD_TIMEOUT = 120.0
+
 #: The Leaderboard's ego vehicle; any 4-wheeled ``vehicle.*`` blueprint works.
 DEFAULT_BLUEPRINT = "vehicle.lincoln.mkz_2020"
 
@@ -273,7 +276,11 @@ class CarlaSimulator:
         client.set_timeout(float(c.timeout))
         self.server_version = str(client.get_server_version())  # the first RPC: fails fast without a server
         if c.town is not None:
+            # Loading a map takes tens of seconds; the server has already answered within the
+            # configured timeout, so this one call may take longer.
+            client.set_timeout(max(float(c.timeout), LOAD_WORLD_TIMEOUT))
             world = client.load_world(c.town)
+            client.set_timeout(float(c.timeout))
         else:
             world = client.get_world()
         self._world = world
