@@ -434,3 +434,36 @@ def test_sixty_seconds_closed_loop_with_the_shipped_llm(tmp_path, monkeypatch, c
     assert len(llm) == 1 and llm[0]["status"] == "applied"
     assert summary["llm"]["generations"] == 1 and summary["sim_info"]["collision_count"] == 0
     assert server_clean(mod)
+
+
+@pytest.mark.slow
+def test_edge_run_stopped_by_sigterm_leaves_the_server_clean(tmp_path):
+    """SIGTERM mid-run: edge-run stops the loop, writes its summary (exit 130) and its clean-up
+    restores the world's settings and destroys the actors."""
+    import signal
+
+    out = tmp_path / "run"
+    code = textwrap.dedent(f"""
+        import sys
+        sys.path.insert(0, {str(ROOT / 'tests')!r})
+        import carla_double as cd
+        mod = cd.make_module()
+        sys.modules["carla"] = mod
+        from edge_runtime.runtime.cli import main
+        rc = main(["--sim", "carla", "--duration", "60", "--out", {str(out)!r}, "--gpu-interval", "0"])
+        # checked when main returns, before atexit (whose own clean-up would hide a missing one)
+        print("CLEAN" if not mod.server.actors and not mod.server.settings.synchronous_mode else "DIRTY", flush=True)
+        sys.exit(rc)
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    log = out / "steps.jsonl"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and (not log.exists() or log.stat().st_size < 2000):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr
+    assert stdout.strip().splitlines()[-1] == "CLEAN"
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["interrupted"] is True and summary["signals"] == ["SIGTERM"]
