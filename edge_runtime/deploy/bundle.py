@@ -50,7 +50,7 @@ _WHEEL = re.compile(r"^(?P<name>[A-Za-z0-9_.]+)-(?P<version>[A-Za-z0-9_.!+]+)(-\
 
 
 def manylinux_tags(arch: str, glibc: str) -> list[str]:
-    """pip --platform tags a target with glibc ``glibc`` (e.g. 2.31 on JetPack 5, 2.35 on JetPack 6) runs."""
+    """pip --platform tags a target with glibc ``glibc`` (e.g. 2.35 on JetPack 6) runs."""
     major, minor = (int(x) for x in glibc.split("."))
     tags = [f"manylinux_{major}_{m}_{arch}" for m in range(minor, 16, -1)]
     tags += [f"manylinux2014_{arch}", "linux_" + arch]
@@ -80,7 +80,7 @@ class BundleSpec:
     key: Path
     target: str = "aarch64"
     python: str = "3.10"
-    glibc: str = "2.31"
+    glibc: str = "2.35"  # JetPack 6 (Ubuntu 22.04, Python 3.10)
     name: str | None = None
     instruction: str | None = None
     script: Path | None = None

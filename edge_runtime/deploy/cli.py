@@ -63,8 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="CPU of the vehicle computer (default: %(default)s)")
     b.add_argument("--python", default="3.10", metavar="X.Y",
                    help="the vehicle's Python version, for the wheels (default: %(default)s, JetPack 6)")
-    b.add_argument("--glibc", default="2.31", metavar="2.N",
-                   help="the vehicle's glibc: newest manylinux wheels taken (default: %(default)s, JetPack 5)")
+    b.add_argument("--glibc", default="2.35", metavar="2.N",
+                   help="the vehicle's glibc: newest manylinux wheels taken (default: %(default)s, JetPack 6)")
     b.add_argument("-o", "--output", type=Path, required=True, metavar="NAME.bundle")
     b.add_argument("--name", default=None, help="bundle name (default: MODEL-VERSION-TARGET)")
     src = b.add_mutually_exclusive_group()

@@ -328,6 +328,8 @@ def install(root: Path, staged: Path, expect_sha256: str | None = None,
             result = _install_locked(vehicle, config, keys, staged, expect_sha256, slot, previous, echo)
         except DeployError as exc:
             vehicle.log("refused", slot=slot, bundle=staged.name, reason=str(exc))
+            with contextlib.suppress(OSError):
+                staged.unlink()  # a refused bundle would be refused again: no point keeping the upload
             raise
         with contextlib.suppress(OSError):
             staged.unlink()
