@@ -52,7 +52,7 @@ def test_the_contract_set():
     assert layers["layers"][0] == "evaluation" and layers["layers"][-1] == "contracts | telemetry"
     vehicle = set(c["vehicle-no-torch"]["source_modules"])
     assert vehicle == {f"edge_runtime.{p}" for p in ("contracts", "telemetry", "sim", "control", "tasks", "decoding",
-                                                     "runtime")}
+                                                     "runtime", "deploy")}
     assert {"torch", "transformers"} <= set(c["vehicle-no-torch"]["forbidden_modules"])
     assert set(c["runtime-not-training-side"]["forbidden_modules"]) == {
         f"edge_runtime.{p}" for p in ("model", "prune", "export", "train", "evaluation")}
