@@ -49,7 +49,7 @@ def _ssh(p: argparse.ArgumentParser, required: bool) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="edge-deploy", description=__doc__.split("\n\n")[0],
+    p = _Parser(prog="edge-deploy", description=__doc__.split("\n\n")[0].replace("``", ""),
                 epilog="Exit status: 0 done; 1 refused or failed (the previous version keeps running); 2 bad input.")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 

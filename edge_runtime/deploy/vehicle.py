@@ -518,7 +518,11 @@ def exec_current(root: Path) -> None:
     args = [a.replace("{bundle}", str(slot_dir / "bundle")).replace("{out}", str(out)) for a in run["args"]]
     program = str(slot_dir / "venv" / "bin" / "edge-run")
     sys.stdout.flush()
-    os.execv(program, [program, *args])
+    try:
+        os.execv(program, [program, *args])
+    except OSError as exc:
+        raise DeployError(f"slot {slot}: cannot start {program} ({exc.strerror or exc}); roll back with "
+                          "edge-deploy rollback")
 
 
 def init_root(root: Path, trust: list[Path], overrides: dict[str, Any]) -> Path:
