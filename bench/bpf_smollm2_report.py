@@ -1,0 +1,239 @@
+"""The BPF report on SmolLM2: shipped model directories compared with the dense reference on one split.
+
+    python bench/bpf_smollm2_report.py --model dense=models/dense --model pruned50=models/pruned50 \
+        [--report eval_test_onnx.json] [--out bench/results/bpf/smollm2]
+
+Each ``--model NAME=DIR`` is a card directory (``arch_spec.json``, ``train_summary.json``, the
+``edge-eval --json`` report named by ``--report``) with its vehicle file beside it as
+``DIR.onnx``; the first is the reference. Per model: parameters, prunable parameters removed (the
+planner's definition: attention and MLP of the prunable layers), whole-model reduction, streamed
+weight bytes per decode step, training wall time, and the report's scores with their intervals.
+Against the reference, **paired** on the same instructions and examples: the share of the
+reference's control adaptability kept (ratio of mean-of-category-means, stratified bootstrap over
+instructions) and the decision-accuracy difference in points (stratified by decision instruction),
+plus the trade-off metric of the paper (prunable parameters removed per lost point of
+adaptability). Writes ``report.json``, ``report.md`` and ``score_vs_params.png``.
+
+Why a script of its own: ``bench/reproduce_bpf.py`` trains and evaluates every method at tiny scale
+in one go; on SmolLM2 each training run is hours on a CPU, so runs are made one by one (their
+commands are in the model cards) and this script only gathers and compares what they produced.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import streamed_weight_bytes  # noqa: E402
+from edge_runtime.contracts.arch_spec import ArchSpec  # noqa: E402
+from edge_runtime.prune.config import PruneConfig, prunable_parameters  # noqa: E402
+from edge_runtime.tasks.stats import (DEFAULT_BOOTSTRAP, ratio_of_mean_of_means_ci,  # noqa: E402
+                                      stratified_bootstrap)
+
+TARGET_RETENTION = 0.95
+TARGET_DECISION_POINTS = 2.0
+
+
+class ReportError(ValueError):
+    """A model directory or report that cannot be compared (one line, exit 2)."""
+
+
+def load_entry(name: str, directory: Path, report_name: str) -> dict[str, Any]:
+    spec_path, report_path, onnx_path = directory / "arch_spec.json", directory / report_name, directory.with_suffix(".onnx")
+    for path in (spec_path, report_path, onnx_path):
+        if not path.is_file():
+            raise ReportError(f"{path}: missing (a --model DIR needs arch_spec.json, {report_name} and DIR.onnx)")
+    try:
+        report = json.loads(report_path.read_text())
+        mpc, decision = report["mpc"], report["decision"]
+    except (json.JSONDecodeError, KeyError) as exc:
+        raise ReportError(f"{report_path}: not an edge-eval --json report ({exc})") from None
+    summary_path = directory / "train_summary.json"
+    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+    wall = summary.get("wall_time_s")
+    stage = summary.get("init_summary")
+    while stage:  # a staged run: the card's total is every stage's wall time
+        wall = (wall or 0) + (stage.get("wall_time_s") or 0)
+        stage = stage.get("init_summary")
+    return {"name": name, "dir": str(directory), "onnx": str(onnx_path), "spec": ArchSpec.load(spec_path),
+            "report": report, "mpc": mpc, "decision": decision, "file_bytes": onnx_path.stat().st_size,
+            "streamed_bytes": streamed_weight_bytes(onnx_path), "train_wall_min": wall / 60 if wall else None,
+            "recipe": summary.get("command")}
+
+
+def paired_retention(model: dict, ref: dict) -> tuple[float, tuple[float, float]]:
+    """Share of the reference's overall adaptability the model keeps, with its paired interval."""
+    ref_rows = {r["instruction"]: r for r in ref["mpc"]["rows"]}
+    groups: dict[str, list[tuple[float, float]]] = {}
+    for row in model["mpc"]["rows"]:
+        other = ref_rows.get(row["instruction"])
+        if other is None:
+            raise ReportError(f"{model['name']}: instruction {row['instruction']!r} is not in {ref['name']}'s report "
+                              f"(evaluate both on the same split)")
+        groups.setdefault(row["category"], []).append((row["adaptability"], other["adaptability"]))
+    num = np.mean([np.mean([a for a, _ in g]) for g in groups.values()])
+    den = np.mean([np.mean([b for _, b in g]) for g in groups.values()])
+    return float(num / den) if den > 0 else float("nan"), ratio_of_mean_of_means_ci(list(groups.values()))
+
+
+def paired_decision_points(model: dict, ref: dict) -> tuple[float, tuple[float, float]]:
+    """Decision accuracy difference (model - reference) in points, paired by example."""
+    def key(r: dict) -> tuple:
+        return r["instruction"], r["phrasing"], r["summary"], r["label"]
+
+    ref_rows = {key(r): r for r in ref["decision"]["rows"]}
+    groups: dict[str, list[float]] = {}
+    for row in model["decision"]["rows"]:
+        other = ref_rows.get(key(row))
+        if other is None:
+            raise ReportError(f"{model['name']}: a decision example is not in {ref['name']}'s report "
+                              f"(evaluate both on the same split)")
+        groups.setdefault(row["instruction"], []).append(100.0 * (float(row["correct"]) - float(other["correct"])))
+    diffs = [d for g in groups.values() for d in g]
+    ci = stratified_bootstrap([np.asarray(g) for g in groups.values()],
+                              lambda s: np.concatenate(s, axis=1).mean(axis=1), DEFAULT_BOOTSTRAP)
+    return float(np.mean(diffs)), ci
+
+
+def compare(entries: list[dict]) -> dict[str, Any]:
+    ref = entries[0]
+    cfg = PruneConfig()
+    ref_prunable = prunable_parameters(ref["spec"], cfg)
+    rows = []
+    for e in entries:
+        spec, mpc, dec = e["spec"], e["mpc"], e["decision"]
+        row = {"name": e["name"], "parameters": spec.num_parameters(),
+               "prunable_removed": 1 - prunable_parameters(spec, cfg) / ref_prunable,
+               "whole_model_reduction": 1 - spec.num_parameters() / ref["spec"].num_parameters(),
+               "layers_uniform": spec.is_uniform, "file_mib": e["file_bytes"] / 2**20,
+               "streamed_mib_per_token": e["streamed_bytes"] / 2**20, "train_wall_min": e["train_wall_min"],
+               "recipe": e["recipe"], "adaptability": mpc["adaptability"]["overall"],
+               "adaptability_ci": mpc["adaptability_ci"]["overall"], "fraction_of_oracle": mpc["fraction_of_oracle"],
+               "fraction_of_oracle_ci": mpc["fraction_of_oracle_ci"], "decision_accuracy": dec["accuracy"],
+               "decision_accuracy_ci": dec["accuracy_ci"], "parse_failure_rate": mpc["parse_failure_rate"],
+               "crashes": mpc.get("crashes"), "split": mpc["split"], "track": mpc["track"]}
+        if e is not ref:
+            row["retention"], row["retention_ci"] = paired_retention(e, ref)
+            row["decision_points"], row["decision_points_ci"] = paired_decision_points(e, ref)
+            lost = 100.0 * (ref["mpc"]["adaptability"]["overall"] - row["adaptability"])
+            removed = ref_prunable - prunable_parameters(spec, cfg)
+            row["lost_points"] = lost
+            row["removed_per_lost_point"] = removed / lost if lost > 0 else None  # None: nothing lost
+            row["streamed_bytes_ratio"] = ref["streamed_bytes"] / e["streamed_bytes"]
+        rows.append(row)
+    return {"reference": ref["name"], "split": ref["mpc"]["split"], "track": ref["mpc"]["track"],
+            "bootstrap": DEFAULT_BOOTSTRAP.describe(), "rows": rows}
+
+
+def verdicts(doc: dict) -> list[str]:
+    out = []
+    for row in doc["rows"][1:]:
+        lo, hi = row["retention_ci"]
+        keeps = row["retention"] >= TARGET_RETENTION
+        out.append(f"`{row['name']}` keeps {row['retention']:.1%} [{lo:.1%}, {hi:.1%}] of `{doc['reference']}`'s "
+                   f"control adaptability (target >= {TARGET_RETENTION:.0%}: {'met' if keeps else 'NOT met'}; "
+                   f"the interval {'includes' if lo <= 1 <= hi else 'excludes'} 100 %).")
+        lo, hi = row["decision_points_ci"]
+        within = abs(row["decision_points"]) <= TARGET_DECISION_POINTS or row["decision_points"] > 0
+        out.append(f"`{row['name']}` decision accuracy differs by {row['decision_points']:+.1f} points "
+                   f"[{lo:+.1f}, {hi:+.1f}] (target: within {TARGET_DECISION_POINTS:.0f} points: "
+                   f"{'met' if within else 'NOT met'}).")
+    return out
+
+
+def markdown(doc: dict, notes: list[str], command: str) -> str:
+    lines = [f"# BPF on SmolLM2-135M: {doc['split']} split (track `{doc['track']}`)", "",
+             f"Reference: `{doc['reference']}`. Intervals: 95 % {doc['bootstrap']['method']}, "
+             f"{doc['bootstrap']['resamples']} resamples, seed {doc['bootstrap']['seed']}. Retention and decision "
+             "difference are paired (the same instructions and examples for both models).", "",
+             "| model | params | prunable removed | whole model | file MiB | streamed MiB/token | train min (all stages) | "
+             "adaptability [95 % CI] | of oracle | decision acc. | kept of reference | decision Δ points | "
+             "removed / lost point |", "|" + "---|" * 13]
+    for r in doc["rows"]:
+        ci = r["adaptability_ci"]
+        fo = r["fraction_of_oracle_ci"]
+        dc = r["decision_accuracy_ci"]
+        kept = (f"{r['retention']:.1%} [{r['retention_ci'][0]:.1%}, {r['retention_ci'][1]:.1%}]"
+                if "retention" in r else "—")
+        dp = (f"{r['decision_points']:+.1f} [{r['decision_points_ci'][0]:+.1f}, {r['decision_points_ci'][1]:+.1f}]"
+              if "decision_points" in r else "—")
+        tr = ("—" if "lost_points" not in r else "no loss" if r["removed_per_lost_point"] is None
+              else f"{r['removed_per_lost_point']:,.0f}")
+        wall = f"{r['train_wall_min']:.0f}" if r["train_wall_min"] else "—"
+        lines.append(f"| {r['name']} | {r['parameters'] / 1e6:.1f} M | {r['prunable_removed']:.1%} | "
+                     f"{r['whole_model_reduction']:.1%} | {r['file_mib']:.1f} | {r['streamed_mib_per_token']:.1f} | "
+                     f"{wall} | {r['adaptability']:+.3f} [{ci[0]:+.3f}, {ci[1]:+.3f}] | "
+                     f"{r['fraction_of_oracle']:.1%} [{fo[0]:.1%}, {fo[1]:.1%}] | "
+                     f"{r['decision_accuracy']:.1%} [{dc[0]:.1%}, {dc[1]:.1%}] | {kept} | {dp} | {tr} |")
+    lines += ["", "## Verdict", ""] + [f"- {v}" for v in verdicts(doc)]
+    if notes:
+        lines += ["", "## Notes", ""] + [f"- {n}" for n in notes]
+    lines += ["", "## Recipes", ""] + [f"- `{r['name']}`: `{r['recipe']}`" for r in doc["rows"] if r["recipe"]]
+    lines += ["", f"Command: `{command}`", ""]
+    return "\n".join(lines)
+
+
+def plot(doc: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for r in doc["rows"]:
+        lo, hi = r["adaptability_ci"]
+        ax.errorbar(r["parameters"] / 1e6, r["adaptability"], yerr=[[r["adaptability"] - lo], [hi - r["adaptability"]]],
+                    fmt="o", capsize=4)
+        ax.annotate(r["name"], (r["parameters"] / 1e6, r["adaptability"]), textcoords="offset points", xytext=(6, 6))
+    ax.set_xlabel("parameters (M)")
+    ax.set_ylabel(f"control adaptability, {doc['split']} split (95 % CI)")
+    ax.set_title("SmolLM2-135M: score vs size")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", action="append", required=True, metavar="NAME=DIR",
+                   help="card directory with DIR.onnx beside it; the first is the reference")
+    p.add_argument("--report", default="eval_test_onnx.json", help="the edge-eval report in each DIR (default: %(default)s)")
+    p.add_argument("--note", action="append", default=[], help="a line for the report's notes (repeatable)")
+    p.add_argument("--out", default="bench/results/bpf/smollm2", help="output folder (default: %(default)s)")
+    args = p.parse_args(argv)
+    try:
+        entries = []
+        for item in args.model:
+            name, sep, directory = item.partition("=")
+            if not sep or not name or not directory:
+                raise ReportError(f"--model {item!r}: expected NAME=DIR")
+            entries.append(load_entry(name, Path(directory), args.report))
+        if len(entries) < 2:
+            raise ReportError("--model: give the reference and at least one model to compare with it")
+        doc = compare(entries)
+    except ReportError as exc:
+        print(f"bpf_smollm2_report: error: {exc}", file=sys.stderr)
+        return 2
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    command = "python bench/bpf_smollm2_report.py " + " ".join(
+        [f"--model {m}" for m in args.model] + [f"--report {args.report}"] + [f"--note {json.dumps(n)}" for n in args.note]
+        + [f"--out {args.out}"])
+    doc.update(notes=args.note, command=command, verdicts=verdicts(doc))
+    (out / "report.json").write_text(json.dumps(doc, indent=1) + "\n")
+    (out / "report.md").write_text(markdown(doc, args.note, command))
+    plot(doc, out / "score_vs_params.png")
+    print((out / "report.md").read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

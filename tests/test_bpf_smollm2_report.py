@@ -1,0 +1,58 @@
+"""bench/bpf_smollm2_report.py on the tiny shipped models: paired retention and decision difference
+on known inputs (a model against itself keeps exactly 100 % and differs by 0 points), the report
+files, and bad input as one line with exit status 2."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = REPO / "models" / "tiny"
+
+
+@pytest.fixture(scope="module")
+def report_module():
+    spec = importlib.util.spec_from_file_location("bpf_smollm2_report", REPO / "bench" / "bpf_smollm2_report.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["bpf_smollm2_report"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_a_model_against_itself_keeps_everything_and_the_pruned_one_is_compared_paired(report_module, tmp_path):
+    out = tmp_path / "rep"
+    rc = report_module.main(["--model", f"dense={TINY / 'dense'}", "--model", f"same={TINY / 'dense'}",
+                             "--model", f"pruned50={TINY / 'pruned50'}", "--report", "eval_test.json",
+                             "--out", str(out)])
+    assert rc == 0
+    doc = json.loads((out / "report.json").read_text())
+    dense, same, pruned = doc["rows"]
+    assert same["retention"] == pytest.approx(1.0) and same["retention_ci"] == pytest.approx([1.0, 1.0])
+    assert same["decision_points"] == 0 and same["removed_per_lost_point"] is None  # nothing removed, nothing lost
+    assert pruned["prunable_removed"] > 0.45 and pruned["streamed_bytes_ratio"] > 1
+    ref = json.loads((TINY / "dense" / "eval_test.json").read_text())
+    own = json.loads((TINY / "pruned50" / "eval_test.json").read_text())
+    expected = own["mpc"]["adaptability"]["overall"] / ref["mpc"]["adaptability"]["overall"]
+    assert pruned["retention"] == pytest.approx(expected)  # mean of category means, as the report's overall
+    assert pruned["decision_points"] == pytest.approx(100 * (own["decision"]["accuracy"] - ref["decision"]["accuracy"]))
+    lo, hi = pruned["retention_ci"]
+    assert lo <= pruned["retention"] <= hi
+    md = (out / "report.md").read_text()
+    assert "| pruned50 |" in md and "## Verdict" in md and "NOT met" in md
+    assert (out / "score_vs_params.png").read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--model", "dense"], "NAME=DIR"),
+    (["--model", "dense=/nonexistent/dir", "--model", "b=/nonexistent/b"], "missing"),
+])
+def test_bad_input_is_one_line_and_exit_2(report_module, capsys, tmp_path, args, needle):
+    rc = report_module.main([*args, "--out", str(tmp_path / "rep")])
+    err = capsys.readouterr().err
+    assert rc == 2 and needle in err and err.count("\n") == 1
+    assert not (tmp_path / "rep").exists()
