@@ -57,6 +57,7 @@ def test_same_inputs_same_bytes_and_a_valid_signature(tmp_path, keys, runtime_wh
         run = json.loads(tar.extractfile("config/run.json").read())
     assert manifest["created"] == "2023-11-14T22:13:20Z" and manifest["runtime"]["version"]
     assert run["args"][run["args"].index("--instruction") + 1] == "Drive at 2.5 m/s."
+    assert run["args"][run["args"].index("--rate") + 1] == "20" and manifest["selftest"]["rate_hz"] == 20.0
     assert manifest["model"]["metadata"]["format_version"] == "1"
 
 

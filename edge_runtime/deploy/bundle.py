@@ -86,6 +86,7 @@ class BundleSpec:
     script: Path | None = None
     engine: Path | None = None
     latency_budget_s: float = 5.0
+    rate_hz: float = 20.0  # the service's control rate; the selftest checks overruns at this rate
     threads: int | None = None
     service_duration_s: float = DEFAULT_SERVICE_DURATION_S
     run_args: tuple[str, ...] = ()
@@ -111,6 +112,8 @@ class BundleSpec:
             raise DeployError("give --instruction or --script, not both", 2)
         if not (self.latency_budget_s > 0 and self.latency_budget_s < float("inf")):
             raise DeployError(f"--latency-budget must be a positive number of seconds, got {self.latency_budget_s}", 2)
+        if not 1.0 <= self.rate_hz <= 1000.0:
+            raise DeployError(f"--rate must be in [1, 1000] Hz, got {self.rate_hz}", 2)
         if self.threads is not None and self.threads < 1:
             raise DeployError(f"--threads must be a positive integer, got {self.threads}", 2)
         if self.name is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", self.name):
@@ -186,7 +189,7 @@ def _wheel_versions(wheels: list[Path]) -> dict[str, str]:
 
 def _run_config(spec: BundleSpec) -> dict[str, Any]:
     args = ["--model", "{bundle}/" + MODEL_PATH, "--sim", "track", "--duration", f"{spec.service_duration_s:g}",
-            "--out", "{out}"]
+            "--rate", f"{spec.rate_hz:g}", "--out", "{out}"]
     if spec.script is not None:
         args += ["--script", "{bundle}/" + SCRIPT_PATH]
     elif spec.instruction is not None:
@@ -254,7 +257,7 @@ def build_bundle(spec: BundleSpec) -> tuple[Path, Manifest]:
                       "engine": ENGINE_PATH if spec.engine is not None else None},
             "run": RUN_CONFIG,
             "selftest": {"instruction": spec.instruction or "Drive on the centre line.",
-                         "latency_budget_s": spec.latency_budget_s, "loop_seconds": 2.0,
+                         "latency_budget_s": spec.latency_budget_s, "loop_seconds": 2.0, "rate_hz": spec.rate_hz,
                          "threads": spec.threads},
             "files": files,
         }

@@ -74,6 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--engine", type=Path, default=None, help="optional TensorRT engine (deploy/build_trt_engine.py)")
     b.add_argument("--latency-budget", type=float, default=5.0, metavar="S",
                    help="selftest: the answer must arrive within S seconds on the vehicle (default: %(default)s)")
+    b.add_argument("--rate", type=float, default=20.0, metavar="HZ",
+                   help="the service's control rate; the selftest drives at it with 0 overruns allowed "
+                        "(default: %(default)s)")
     b.add_argument("--threads", type=int, default=None, help="edge-run --threads on the vehicle (default: ORT's)")
     b.add_argument("--run-arg", action="append", default=[], metavar="ARG",
                    help="extra edge-run argument for the service, repeatable (e.g. --run-arg=--constrained)")
@@ -154,7 +157,7 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         spec = BundleSpec(model=args.model, output=args.output, key=args.key, target=args.target, python=args.python,
                           glibc=args.glibc, name=args.name, instruction=args.instruction, script=args.script,
-                          engine=args.engine, latency_budget_s=args.latency_budget, threads=args.threads,
+                          engine=args.engine, latency_budget_s=args.latency_budget, rate_hz=args.rate, threads=args.threads,
                           run_args=tuple(args.run_arg), runtime_wheel=args.runtime_wheel,
                           wheels_from=args.wheels_from, dependency_wheels=not args.no_dependency_wheels,
                           created=args.created)

@@ -397,6 +397,8 @@ def _install_locked(vehicle: Vehicle, config: VehicleConfig, keys: list[Any], st
            "--instruction", st["instruction"], "--selftest-budget", str(st["latency_budget_s"])]
     if st.get("threads"):
         cmd += ["--threads", str(st["threads"])]
+    if st.get("rate_hz"):
+        cmd += ["--rate", f"{st['rate_hz']:g}"]
     echo("health check: edge-run --selftest")
     proc = _run(cmd, config.selftest_timeout_s, "the health check (edge-run --selftest)")
     report = _last_json(proc.stdout)
