@@ -59,8 +59,9 @@ log "arm64 root: $(cat "$ROOTFS/etc/debian_version"), $(chroot "$ROOTFS" uname -
 
 cleanup() {
   chroot "$ROOTFS" /bin/sh -c "EDGE_DEPLOY_ROOT=$VROOT /opt/fake-svc stop" >/dev/null 2>&1 || true
-  umount "$ROOTFS/dev" 2>/dev/null || true
-  umount "$ROOTFS/proc" 2>/dev/null || true
+  for m in dev proc; do  # the stopped service may take a moment to let go of them
+    for _ in $(seq 20); do mountpoint -q "$ROOTFS/$m" || break; umount "$ROOTFS/$m" 2>/dev/null || sleep 0.5; done
+  done
 }
 trap cleanup EXIT
 mountpoint -q "$ROOTFS/proc" || mount -t proc proc "$ROOTFS/proc"
