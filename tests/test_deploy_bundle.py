@@ -154,3 +154,23 @@ def test_keygen_and_bad_input_are_one_line(tmp_path):
         assert proc.returncode == 2, proc.stderr
         assert len(proc.stderr.strip().splitlines()) == 1 and words in proc.stderr
         assert "Traceback" not in proc.stderr
+
+
+def test_a_model_with_external_weights_travels_with_them(tmp_path, keys, runtime_wheel):
+    pytest.importorskip("onnx")
+    from edge_runtime.export.external_data import externalize_weights
+
+    (key, pub), _ = keys
+    model = tmp_path / "src" / "dense.onnx"
+    model.parent.mkdir()
+    data = externalize_weights(TINY, model)
+    spec = BundleSpec(model=model, output=tmp_path / "ext.bundle", key=key, target="x86_64", python="3.11",
+                      runtime_wheel=runtime_wheel, dependency_wheels=False, created=CREATED)
+    out, manifest = build_bundle(spec)
+    assert f"model/{data.name}" in {f.path for f in manifest.files}
+    read_all(out, pub, tmp_path / "slot")
+    # the renamed graph still finds its weights: the slot's copy loads and answers
+    proc = subprocess.run([sys.executable, "-m", "edge_runtime.runtime.cli", "--selftest", "--model",
+                           str(tmp_path / "slot" / "model" / "model.onnx"), "--threads", "1"],
+                          capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert proc.returncode == 0, proc.stdout + proc.stderr

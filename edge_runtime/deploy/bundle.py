@@ -4,6 +4,7 @@ A bundle is an uncompressed tar whose first two members are ``manifest.json`` an
 (Ed25519 over the manifest's bytes), followed by every file the manifest lists, sorted by path:
 
     model/model.onnx           the exported decoder (self-describing: tokenizer, prompt, schema)
+    model/NAME.onnx.data       the weights, when the model was exported with --external-data
     model/model.engine         optional TensorRT engine (deploy/build_trt_engine.py)
     config/run.json            the edge-run arguments the service runs with
     config/script.txt          optional instruction script
@@ -232,6 +233,9 @@ def build_bundle(spec: BundleSpec) -> tuple[Path, Manifest]:
         config_dir.mkdir()
         (config_dir / "run.json").write_bytes(canonical_json(_run_config(spec)))
         sources: dict[str, Path] = {MODEL_PATH: Path(spec.model), RUN_CONFIG: config_dir / "run.json"}
+        external = Path(spec.model).with_name(Path(spec.model).name + ".data")
+        if external.is_file():  # edge-export --external-data: the graph names its weights file by that name
+            sources["model/" + external.name] = external
         if spec.engine is not None:
             sources[ENGINE_PATH] = Path(spec.engine)
         if spec.script is not None:
