@@ -101,7 +101,9 @@ class OnnxAdapter(Adapter):
 
         from _common import streamed_weight_bytes
 
-        return {"parameters": self.gen.spec.num_parameters(), "file_bytes": self.path.stat().st_size,
+        data = self.path.with_name(self.path.name + ".data")  # edge-export --external-data's weights
+        size = self.path.stat().st_size + (data.stat().st_size if data.is_file() else 0)
+        return {"parameters": self.gen.spec.num_parameters(), "file_bytes": size, "external_data": data.is_file(),
                 "streamed_weight_bytes": streamed_weight_bytes(self.path), "dtype": self.gen.dtype, "providers": self.gen.providers, "kv_cache": self.gen.kv_layout,
                 "kv_capacity": self.gen.kv_capacity, "mpc_budget": mpc_token_budget(self.gen.generation, str(self.path)),
                 "chat_format": self.gen.chat_format.to_dict()}
