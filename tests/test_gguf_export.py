@@ -420,7 +420,10 @@ def test_llama_cpp_greedy_tokens_match_pytorch(files, dirs, name):
     with torch.no_grad():
         for _ in range(n_new):
             ids.append(int(model(torch.tensor([ids])).logits[0, -1].argmax()))
-    llm = llama_cpp.Llama(model_path=str(files[(name, "f32")]), n_ctx=64, n_threads=1, verbose=False)
+    # logits_all: llama-cpp-python 0.3.x copies logits into Llama.scores only with it (without, every
+    # row reads zeros and the argmax is token 0 -- what this test saw before it was set)
+    llm = llama_cpp.Llama(model_path=str(files[(name, "f32")]), n_ctx=64, n_threads=1, verbose=False,
+                          logits_all=True)
     got = list(IDS)
     llm.eval(got)
     for _ in range(n_new):
