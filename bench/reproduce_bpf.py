@@ -42,7 +42,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from edge_runtime.sim.tracks import split_track  # noqa: E402
 
-BIN = Path(sys.executable).parent
+# The tools as modules of this interpreter: works where the package is installed and where it is only
+# on PYTHONPATH (the GPU machine runs the parallel runner from a bare checkout).
+EDGE_TRAIN = [sys.executable, "-m", "edge_runtime.train.cli"]
+EDGE_EVAL = [sys.executable, "-m", "edge_runtime.evaluation.cli"]
 METHODS_PER_RATIO = ("bpf-rl", "bpf-sft-rl", "sft-prune", "ptp", "ptp-rl")
 THREADS = 1
 SCHEDULE_OF = {"bpf-rl": "rl", "bpf-sft-rl": "sft-rl", "sft-prune": "sft", "ptp": "ptp", "ptp-rl": "ptp-rl"}
@@ -61,21 +64,30 @@ def run(cmd: list[str], log: Path) -> None:
 
 def train(name: str, schedule: str, init: Path, ratio: float, seed: int, args, out_root: Path,
           reference_spec: Path) -> Path | None:
-    out = out_root / "models" / f"{name}-s{seed}"
+    out, cmd = bpf_command(name, schedule, init, ratio, seed, args, out_root, reference_spec)
     if args.report_only:
         return out if (out / "train_summary.json").exists() else None
     if not claim(out):
         return out
-    cmd = [str(BIN / "edge-train"), "bpf", "--init-from", str(init), "--out", str(out), "--schedule", schedule,
-           "--ratio", str(ratio), "--shares", str(args.shares), "--sft-shares", str(args.shares // 2),
-           "--sft-steps", str(args.sft_steps), "--rl-steps", str(args.rl_steps), "--seed", str(seed),
-           "--reference-spec", str(reference_spec), "--workers", str(args.workers), "--threads", str(args.threads),
-           *args.extra]
     try:
         run(cmd, out_root / "logs" / f"{name}-s{seed}.log")
     finally:
         out.with_name(out.name + ".lock").unlink(missing_ok=True)
     return out
+
+
+def bpf_command(name: str, schedule: str, init: Path, ratio: float, seed: int, args, out_root: Path,
+                reference_spec: Path) -> tuple[Path, list[str]]:
+    """Where run ``name`` (seed ``seed``) of the comparison lives and the ``edge-train bpf`` command that
+    makes it: one definition for this script and for ``bench/reproduce_bpf_parallel.py``, so that a
+    report made from the parallel runner's output describes the runs this script would have made."""
+    out = out_root / "models" / f"{name}-s{seed}"
+    cmd = [*EDGE_TRAIN, "bpf", "--init-from", str(init), "--out", str(out), "--schedule", schedule,
+           "--ratio", str(ratio), "--shares", str(args.shares), "--sft-shares", str(args.shares // 2),
+           "--sft-steps", str(args.sft_steps), "--rl-steps", str(args.rl_steps), "--seed", str(seed),
+           "--reference-spec", str(reference_spec), "--workers", str(args.workers), "--threads", str(args.threads),
+           *args.extra]
+    return out, cmd
 
 
 def claim(out: Path) -> bool:
@@ -97,12 +109,17 @@ def claim(out: Path) -> bool:
             time.sleep(10)  # another process trains it; its lock goes when it finishes (or fails)
 
 
+def eval_path(model: Path, out_root: Path, split: str, track: str) -> Path:
+    """Where the ``edge-eval --json`` report of ``model`` on ``split`` / ``track`` is kept (and reused)."""
+    return out_root / "eval" / f"{model.name}-{split}-{track}.json"
+
+
 def evaluate(model: Path, out_root: Path, split: str, track: str) -> dict:
-    path = out_root / "eval" / f"{model.name}-{split}-{track}.json"
+    path = eval_path(model, out_root, split, track)
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp")
-        cmd = [str(BIN / "edge-eval"), "--model", str(model), "--task", "both", "--split", split, "--track", track,
+        cmd = [*EDGE_EVAL, "--model", str(model), "--task", "both", "--split", split, "--track", track,
                "--json", str(tmp)]
         run(cmd, out_root / "logs" / f"eval-{model.name}-{split}.{os.getpid()}.log")
         os.replace(tmp, path)

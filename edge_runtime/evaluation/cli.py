@@ -23,7 +23,7 @@ from ..tasks.oracle_table import OracleTable, default_table_path
 from .report import EvalSettings, evaluate_decision, evaluate_mpc, format_report
 
 
-def load_policy(path: str, constrained: bool = False):
+def load_policy(path: str, constrained: bool = False, device: str = "cpu", batch_size: int = 16):
     """A model directory (safetensors + arch spec, run with PyTorch) or an exported ONNX file
     (run with ONNX Runtime, as on the vehicle; ``constrained``: grammar-constrained decoding)."""
     p = Path(path)
@@ -35,7 +35,10 @@ def load_policy(path: str, constrained: bool = False):
             raise ValueError(f"{p}: --constrained needs an exported .onnx model (edge-export), not a model directory")
         from .torch_policy import TorchPolicy
 
-        return TorchPolicy.from_dir(p)
+        return TorchPolicy.from_dir(p, batch_size=batch_size, device=device)
+    if device != "cpu":
+        raise ValueError(f"{p}: --device {device} is for model directories (PyTorch); an .onnx file runs on the CPU "
+                         "with ONNX Runtime, as on the vehicle")
     if p.suffix == ".onnx":
         from ..decoding.generator import OnnxPolicy
         from ..decoding.model_file import ModelLoadError
@@ -67,6 +70,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", help="write the full report as JSON to this file (default: none)")
     ap.add_argument("--constrained", action="store_true",
                     help="ONNX models only: grammar-constrained decoding, every answer parses (default: off)")
+    ap.add_argument("--device", choices=["cpu", "cuda", "auto"], default="cpu",
+                    help="model directories only: where PyTorch generates (default: %(default)s)")
+    ap.add_argument("--batch-size", type=int, default=16,
+                    help="model directories only: prompts generated together (default: %(default)s)")
     args = ap.parse_args(argv)
     try:
         track = args.track or split_track(args.split)
@@ -81,7 +88,9 @@ def main(argv: list[str] | None = None) -> int:
         if oracle is not None and Path(str(oracle.eval_config.track)).name != Path(str(track)).name:
             raise ValueError(f"--oracle {oracle.source}: the table is for track {oracle.eval_config.track!r}, "
                              f"not {track!r}; pass the table of this track or leave --oracle out")
-        policy = load_policy(args.model, constrained=args.constrained)
+        if args.batch_size < 1:
+            raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
+        policy = load_policy(args.model, constrained=args.constrained, device=args.device, batch_size=args.batch_size)
     except (ValueError, OSError) as exc:
         print(f"edge-eval: error: {exc}", file=sys.stderr)
         return 2

@@ -28,12 +28,16 @@ class TorchPolicy:
         self.eos_id, self.pad_id = special_ids(tokenizer, self.chat_format)
 
     @classmethod
-    def from_dir(cls, path: str | Path, batch_size: int = 16) -> "TorchPolicy":
+    def from_dir(cls, path: str | Path, batch_size: int = 16, device: str = "cpu") -> "TorchPolicy":
+        """``device``: where the model generates ("cpu", "cuda", "auto"; the training side's rule)."""
         from ..model.io import load_model
         from ..model.tokenizer import load_tokenizer
 
         path = Path(path)
+        from ..train.device import resolve_device
+
         model, _ = load_model(path)
+        model = model.to(resolve_device(device))
         chat_format = read_chat_format(path)
         return cls(model, load_tokenizer(path / "tokenizer.json", chat_format), name=path.name,
                    weights_path=path / "model.safetensors", batch_size=batch_size, chat_format=chat_format)

