@@ -208,11 +208,10 @@ def run_graph(nodes: list[Node], *, max_parallel: int, last_start_s: float, dead
                 _stop(n, "stopped")
                 log(f"[{now:6.0f} s] stopped {n.name} at the deadline")
             break
-        ready = sorted((n for n in nodes if n.state == "waiting" and all(by_name[d].state == "done" for d in n.deps)),
-                       key=lambda n: n.priority)
+        ready = sorted((n for n in nodes if n.state == "waiting" and all(by_name[d].state == "done" for d in n.deps)
+                        and (now < last_start_s or n.tmp_json is not None)),  # too late to train; evaluations
+                       key=lambda n: n.priority)                                # may start until the deadline
         for n in ready[: max(0, max_parallel - len(running))]:
-            if now >= last_start_s and n.tmp_json is None:
-                continue  # too late to train; evaluations may still start until the deadline
             n.log.parent.mkdir(parents=True, exist_ok=True)
             n.log_fh = open(n.log, "w", encoding="utf-8")
             n.proc = subprocess.Popen(n.cmd, stdout=n.log_fh, stderr=subprocess.STDOUT, env=env, start_new_session=True)

@@ -6,7 +6,7 @@ Selection (on the validation split only, never on test): among the finished runs
 the one with the highest mean of its two validation retentions against the dense models (mean over
 seeds): control adaptability / dense adaptability and decision accuracy / dense decision accuracy.
 Writes ``selection.json`` (every candidate and its scores), ``results.tar.gz`` (the comparison's
-directory without weights: summaries, metrics, prune reports, samples, evaluations, logs, status) and
+directory without weights and tokenizers: summaries, metrics, prune reports, samples, evaluations, logs, status) and
 the chosen model packed by ``bench/weights_transport.py``; copies into ``--out`` as many files as fit in
 ``--budget-mib`` (selection, results, manifest, files archive, then weight parts in order) and lists the
 rest in ``--ret``/remaining.txt for the next call.
@@ -26,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import weights_transport  # noqa: E402
 
 SKIP_SUFFIXES = (".safetensors", ".pt", ".bin", ".onnx", ".data", ".lock")
+SKIP_NAMES = ("tokenizer.json",)  # the base model's, unchanged by every run (3.5 MB each)
 
 
 def _eval(root: Path, name: str, split: str) -> dict | None:
@@ -42,8 +43,9 @@ def select(root: Path, ratio: int, split: str = "validation") -> dict:
     models = sorted(p.name for p in (root / "models").iterdir() if (p / "train_summary.json").exists())
     dense = [_eval(root, m, split) for m in models if m.startswith("dense-s")]
     dense = [d for d in dense if d]
-    if not dense:
-        raise SystemExit(f"no dense model evaluated on {split}: nothing to compare against")
+    if not dense:  # the results still go back; nothing is chosen
+        return {"split": split, "ratio_percent": ratio, "chosen": None, "candidates": [],
+                "note": f"no dense model was evaluated on {split} before the deadline: nothing to compare against"}
     dense_adapt = sum(_scores(d)[0] for d in dense) / len(dense)
     dense_dec = sum(_scores(d)[1] for d in dense) / len(dense)
     candidates = []
@@ -67,7 +69,7 @@ def select(root: Path, ratio: int, split: str = "validation") -> dict:
 def results_archive(root: Path, path: Path) -> None:
     with tarfile.open(path, "w:gz") as tar:
         for p in sorted(root.rglob("*")):
-            if p.is_file() and not p.name.endswith(SKIP_SUFFIXES):
+            if p.is_file() and not p.name.endswith(SKIP_SUFFIXES) and p.name not in SKIP_NAMES:
                 tar.add(p, arcname=str(p.relative_to(root.parent)))
 
 
