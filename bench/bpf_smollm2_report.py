@@ -128,8 +128,18 @@ def compare(entries: list[dict]) -> dict[str, Any]:
             row["removed_per_lost_point"] = removed / lost if lost > 0 else None  # None: nothing lost
             row["streamed_bytes_ratio"] = ref["streamed_bytes"] / e["streamed_bytes"]
         rows.append(row)
+    by_name = {r["name"]: r for r in rows}
+    pairs = []  # every pruned model against every smaller dense model (uniform layers, not the reference)
+    for p in (e for e in entries[1:] if not e["spec"].is_uniform):
+        for small in (e for e in entries[1:] if e["spec"].is_uniform):
+            kept, kept_ci = paired_retention(p, small)
+            points, points_ci = paired_decision_points(p, small)
+            mine, theirs = by_name[p["name"]]["removed_per_lost_point"], by_name[small["name"]]["removed_per_lost_point"]
+            pairs.append({"pruned": p["name"], "smaller_dense": small["name"], "retention": kept,
+                          "retention_ci": kept_ci, "decision_points": points, "decision_points_ci": points_ci,
+                          "tradeoff_ratio": mine / theirs if mine is not None and theirs is not None else None})
     return {"reference": ref["name"], "split": ref["mpc"]["split"], "track": ref["mpc"]["track"],
-            "bootstrap": DEFAULT_BOOTSTRAP.describe(), "rows": rows}
+            "bootstrap": DEFAULT_BOOTSTRAP.describe(), "rows": rows, "pairs": pairs}
 
 
 def verdicts(doc: dict) -> list[str]:
@@ -145,6 +155,23 @@ def verdicts(doc: dict) -> list[str]:
         out.append(f"`{row['name']}` decision accuracy differs by {row['decision_points']:+.1f} points "
                    f"[{lo:+.1f}, {hi:+.1f}] (target: within {TARGET_DECISION_POINTS:.0f} points: "
                    f"{'met' if within else 'NOT met'}).")
+    rows = {r["name"]: r for r in doc["rows"]}
+    for pair in doc.get("pairs", []):
+        p, small = rows[pair["pruned"]], rows[pair["smaller_dense"]]
+        lo, hi = pair["retention_ci"]
+        dlo, dhi = pair["decision_points_ci"]
+        better = "better" if lo > 1 else "worse" if hi < 1 else "not distinguishable (the interval includes 100 %)"
+        out.append(f"`{p['name']}` against the smaller dense `{small['name']}` ({small['parameters'] / 1e6:.1f} M vs "
+                   f"{p['parameters'] / 1e6:.1f} M parameters), paired: {pair['retention']:.1%} [{lo:.1%}, {hi:.1%}] of "
+                   f"its adaptability ({better}); decision accuracy {pair['decision_points']:+.1f} points "
+                   f"[{dlo:+.1f}, {dhi:+.1f}].")
+        if pair["tradeoff_ratio"] is not None:
+            out.append(f"Trade-off (removed prunable parameters per lost point of adaptability): `{p['name']}` "
+                       f"{p['removed_per_lost_point']:,.0f}, `{small['name']}` {small['removed_per_lost_point']:,.0f} "
+                       f"-> {pair['tradeoff_ratio']:.2f}x (above 1: pruning loses less per removed parameter).")
+        else:
+            out.append(f"Trade-off: undefined for `{p['name']}` vs `{small['name']}` (a model that loses nothing "
+                       "against the reference has an unbounded metric).")
     return out
 
 

@@ -42,8 +42,15 @@ def test_a_model_against_itself_keeps_everything_and_the_pruned_one_is_compared_
     assert pruned["decision_points"] == pytest.approx(100 * (own["decision"]["accuracy"] - ref["decision"]["accuracy"]))
     lo, hi = pruned["retention_ci"]
     assert lo <= pruned["retention"] <= hi
+    # the pruned model against every uniform non-reference model (here the reference's copy): the same pairing
+    (pair,) = doc["pairs"]
+    assert pair["pruned"] == "pruned50" and pair["smaller_dense"] == "same"
+    assert pair["retention"] == pytest.approx(pruned["retention"])
+    assert pair["decision_points"] == pytest.approx(pruned["decision_points"])
+    assert pair["tradeoff_ratio"] is None  # "same" loses nothing: its metric is unbounded
     md = (out / "report.md").read_text()
     assert "| pruned50 |" in md and "## Verdict" in md and "NOT met" in md
+    assert "against the smaller dense `same`" in md
     assert (out / "score_vs_params.png").read_bytes()[:4] == b"\x89PNG"
 
 

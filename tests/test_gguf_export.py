@@ -108,7 +108,7 @@ def files(root, dirs) -> dict[tuple[str, str], Path]:
     """(model, gguf type) -> exported file, written by the CLI."""
     out = {}
     for name, gtype in (("llama", "f32"), ("qwen2", "f32"), ("llama_pruned", "f32"), ("qwen2_pruned", "f32"),
-                        ("llama_pruned", "q8_0"), ("llama", "f16")):
+                        ("llama_pruned", "q8_0"), ("llama", "f16"), ("llama_pruned", "q4_0")):
         path = root / f"{name}-{gtype}.gguf"
         assert cli.main([str(dirs[name]), "-o", str(path), "--gguf-type", gtype]) == 0
         out[(name, gtype)] = path
@@ -340,6 +340,26 @@ def test_q8_0_and_f16_files(files, dirs):
     assert files[("llama_pruned", "q8_0")].stat().st_size < 0.4 * files[("llama_pruned", "f32")].stat().st_size
 
 
+def test_q4_0_file_keeps_the_embedding_at_q8_0_and_computes_its_dequantised_weights(files, dirs):
+    meta, tensors = fields(files[("llama_pruned", "q4_0")])
+    assert meta["general.file_type"] == gguf.LlamaFileType.MOSTLY_Q4_0
+    kinds = {name: t for name, (t, _) in tensors.items()}
+    assert kinds["blk.1.attn_q.weight"] == "Q4_0" and kinds["blk.0.ffn_down.weight"] == "Q4_0"
+    assert kinds["token_embd.weight"] == "Q8_0" and kinds["blk.0.attn_norm.weight"] == "F32"
+    weights = hf_layout(meta, tensors)
+    got = numpy_logits(meta, weights, IDS)
+    model, _ = load_model(dirs["llama_pruned"])
+    model.load_state_dict({hf: torch.from_numpy(weights[gguf_tensor_name(hf)]) for hf in model.state_dict()})
+    with torch.no_grad():
+        dequantised = model(torch.tensor([IDS])).logits[0].double().numpy()
+    np.testing.assert_allclose(got, dequantised, rtol=0, atol=1e-4)  # the file is exactly its dequantised model
+    ref = torch_logits(dirs["llama_pruned"], IDS)
+    q8 = numpy_logits(*(lambda m, t: (m, hf_layout(m, t)))(*fields(files[("llama_pruned", "q8_0")])), IDS)
+    rms4, rms8 = np.sqrt(np.mean((got - ref) ** 2)), np.sqrt(np.mean((q8 - ref) ** 2))
+    assert rms8 < rms4 < 0.5 * np.std(ref), (rms8, rms4, np.std(ref))  # 4 bits: coarser than 8, still the model
+    assert files[("llama_pruned", "q4_0")].stat().st_size < files[("llama_pruned", "q8_0")].stat().st_size
+
+
 def test_chat_template_renders_like_the_chat_format(files):
     from jinja2 import Template
 
@@ -431,3 +451,16 @@ def test_llama_cpp_greedy_tokens_match_pytorch(files, dirs, name):
         got.append(nxt)
         llm.eval([nxt])
     assert got == ids
+
+
+def test_llama_cpp_runs_the_q4_0_file_like_its_dequantised_weights(files, dirs):
+    llama_cpp = pytest.importorskip("llama_cpp")
+    meta, tensors = fields(files[("llama_pruned", "q4_0")])
+    want = numpy_logits(meta, hf_layout(meta, tensors), IDS)
+    llm = llama_cpp.Llama(model_path=str(files[("llama_pruned", "q4_0")]), n_ctx=64, n_threads=1, verbose=False,
+                          logits_all=True)
+    llm.eval(list(IDS))
+    got = np.asarray([llm.scores[i] for i in range(len(IDS))], dtype=np.float64)
+    # llama.cpp multiplies Q4_0 weights with activations quantised to 8 bits: close, not identical
+    assert np.sqrt(np.mean((got - want) ** 2)) < 0.05 * np.std(want)
+    assert np.mean(got.argmax(-1) == want.argmax(-1)) >= 8 / 9

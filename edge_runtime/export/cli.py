@@ -4,7 +4,7 @@
     edge-export models/pruned -o models/pruned-int8.onnx --quantize int8 [--int8-method dynamic]
     edge-export models/pruned -o models/pruned-int4.onnx --quantize int4 [--block-size 32]
     edge-export models/pruned -o models/pruned.onnx --kv-cache concat   (the traced graph)
-    edge-export models/pruned -o models/pruned.gguf [--gguf-type f32|f16|q8_0]   (llama.cpp; --format gguf)
+    edge-export models/pruned -o models/pruned.gguf [--gguf-type f32|f16|q8_0|q4_0]   (llama.cpp; --format gguf)
 
 KV cache layout (``--kv-cache``, default auto): fp32 graphs and their quantized variants get the
 shared, preallocated cache (``edge_runtime.export.shared_cache_graph``: updated in place, nothing
@@ -48,7 +48,7 @@ QUANTIZE_CHOICES = ("int8", "int4")
 INT8_METHOD_CHOICES = INT8_METHODS
 KV_CACHE_CHOICES = ("auto", "shared", "concat")
 FORMAT_CHOICES = ("onnx", "gguf")
-GGUF_TYPE_CHOICES = ("f32", "f16", "q8_0")  # edge_runtime.export.gguf_export.GGUF_TYPES (checked in a test)
+GGUF_TYPE_CHOICES = ("f32", "f16", "q8_0", "q4_0")  # edge_runtime.export.gguf_export.GGUF_TYPES (checked in a test)
 BLOCK_SIZE_CHOICES = (16, 32, 64, 128, 256)
 
 DESCRIPTION = ("Export a model directory to one ONNX decoder file (KV cache, self-describing metadata) "
@@ -179,7 +179,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(f"output {out} must end in .{fmt} for --format {fmt}")
     if fmt == "gguf":
         if args.quantize is not None or args.dtype != "fp32":
-            return _fail("--quantize / --dtype are ONNX options; for GGUF use --gguf-type f32|f16|q8_0")
+            return _fail("--quantize / --dtype are ONNX options; for GGUF use --gguf-type f32|f16|q8_0|q4_0")
         if out.is_dir():
             return _fail(f"output {out} is a directory")
         if args.external_data:

@@ -24,7 +24,8 @@ multiple of its KV heads) is refused with one line.
 
 Tensor types (``--gguf-type``): f32; f16 (2-D weights, norms and biases stay f32, as llama.cpp's
 converter does); q8_0 (2-D weights through ``gguf.quants.quantize``; a weight whose row length is
-not a multiple of 32 falls back to f16). Tokenizer: our byte-level BPE (tiny models and imported
+not a multiple of 32 falls back to f16); q4_0 (the same, Q4_0 in blocks of 32, except the token
+embedding / LM head, which stays Q8_0). Tokenizer: our byte-level BPE (tiny models and imported
 SmolLM2) is written as llama.cpp's "gpt2" BPE with the "smollm" pre-tokenizer (every digit alone,
 then GPT-2 splitting), which is exactly what our ``tokenizer.json`` does; other pre-tokenizers are
 refused. The file is written to a temp file next to OUT, read back and checked tensor by tensor
@@ -46,9 +47,12 @@ from typing import Any
 __all__ = ["GGUF_TYPES", "GGUFExportError", "GGUFExportResult", "chatml_template", "choose_architecture",
            "export_gguf", "pad_query_heads"]
 
-GGUF_TYPES = ("f32", "f16", "q8_0")
-#: Q8_0 block length along a row (ggml's QK8_0): rows of other lengths cannot be Q8_0.
+GGUF_TYPES = ("f32", "f16", "q8_0", "q4_0")
+#: Q8_0 / Q4_0 block length along a row (ggml's QK8_0, QK4_0): rows of other lengths cannot use them.
 _Q8_BLOCK = 32
+#: q4_0 keeps these at Q8_0: the token embedding (the tied LM head) is the error every logit shares, as in
+#: edge-export's int4 with --head-bits 8 (llama.cpp's own Q4_0 recipe keeps the head at a higher type too).
+_Q4_HEAD_TENSORS = ("token_embd.weight", "output.weight")
 
 
 class GGUFExportError(ValueError):
@@ -258,7 +262,7 @@ def _gguf_tensors(state: dict[str, Any], spec, arch: str, heads: list[int], padd
     return out
 
 
-def _encode(arr, gguf_type: str):
+def _encode(arr, gguf_type: str, name: str = ""):
     """-> (array to write, raw GGML type or None for a plain float array, type name)."""
     import numpy as np
     from gguf import GGMLQuantizationType
@@ -266,7 +270,10 @@ def _encode(arr, gguf_type: str):
 
     if arr.ndim == 1 or gguf_type == "f32":
         return np.ascontiguousarray(arr, dtype=np.float32), None, "F32"
-    if gguf_type == "q8_0" and arr.shape[-1] % _Q8_BLOCK == 0:
+    if gguf_type == "q4_0" and arr.shape[-1] % _Q8_BLOCK == 0 and name not in _Q4_HEAD_TENSORS:
+        return quantize(np.ascontiguousarray(arr, dtype=np.float32), GGMLQuantizationType.Q4_0), \
+            GGMLQuantizationType.Q4_0, "Q4_0"
+    if gguf_type in ("q8_0", "q4_0") and arr.shape[-1] % _Q8_BLOCK == 0:
         return quantize(np.ascontiguousarray(arr, dtype=np.float32), GGMLQuantizationType.Q8_0), \
             GGMLQuantizationType.Q8_0, "Q8_0"
     return np.ascontiguousarray(arr, dtype=np.float16), None, "F16"
@@ -274,8 +281,8 @@ def _encode(arr, gguf_type: str):
 
 def _check_read_back(path: Path, expected: dict[str, Any], where: Path) -> float:
     """Read the written file back and compare every tensor with what was meant to be written:
-    exact for f32 / f16 (compared after the same cast), for q8_0 within one quantisation step
-    (a block's scale is at most max|w| / 127; 1 % slack for the f16-stored scale).
+    exact for f32 / f16 (compared after the same cast), for Q8_0 / Q4_0 within one quantisation step
+    (a block's scale is at most max|w| / 127, resp. max|w| / 8; 1 % slack for the f16-stored scale).
     -> max |difference| over all tensors (0 for f32)."""
     import numpy as np
     from gguf import GGUFReader
@@ -291,6 +298,7 @@ def _check_read_back(path: Path, expected: dict[str, Any], where: Path) -> float
         diff = float(np.max(np.abs(got - want))) if want.size else 0.0
         limit = 0.0 if t.tensor_type.name == "F32" else (
             float(np.max(np.abs(want))) / 127.0 * 1.01 if t.tensor_type.name == "Q8_0"
+            else float(np.max(np.abs(want))) / 8.0 * 1.01 if t.tensor_type.name == "Q4_0"
             else float(np.max(np.abs(want))) * 2.0 ** -10 + 6.2e-5)
         if diff > limit:
             raise GGUFExportError(f"{where}: tensor {t.name} reads back {diff:.3g} off the source (limit "
@@ -343,7 +351,7 @@ def export_gguf(model_dir: str | os.PathLike, out: str | os.PathLike, gguf_type:
         writer = GGUFWriter(str(tmp), arch)
         writer.add_name(name or model_dir.resolve().name)
         writer.add_file_type({"f32": LlamaFileType.ALL_F32, "f16": LlamaFileType.MOSTLY_F16,
-                              "q8_0": LlamaFileType.MOSTLY_Q8_0}[gguf_type])
+                              "q8_0": LlamaFileType.MOSTLY_Q8_0, "q4_0": LlamaFileType.MOSTLY_Q4_0}[gguf_type])
         writer.add_block_count(spec.num_layers)
         writer.add_context_length(spec.max_position_embeddings)
         writer.add_embedding_length(spec.hidden_size)
@@ -372,7 +380,7 @@ def export_gguf(model_dir: str | os.PathLike, out: str | os.PathLike, gguf_type:
         if tok["template"]:
             writer.add_chat_template(tok["template"])
         for tname, arr in tensors:
-            data, raw, tname_type = _encode(arr, gguf_type)
+            data, raw, tname_type = _encode(arr, gguf_type, tname)
             if raw is None:
                 writer.add_tensor(tname, data)
                 expected[tname] = data.astype(np.float32)
