@@ -16,7 +16,6 @@ transported as int8 and from which weights (their sha256), so no one mistakes it
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import sys
 import tarfile
@@ -29,11 +28,9 @@ BLOCK = 64  # weights per int8 scale along a row
 
 
 def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+    from edge_runtime.model.io import sha256_file
+
+    return sha256_file(path)
 
 
 def pack(model_dir: Path, parts_dir: Path, part_mib: float = 14.0) -> dict:

@@ -312,20 +312,26 @@ def test_numpy_llama_cpp_graph_on_the_file_gives_the_source_logits(files, dirs, 
     np.testing.assert_allclose(got, torch_logits(dirs[name], IDS), rtol=0, atol=1e-4)
 
 
+def logits_of_its_dequantised_weights(meta: dict, tensors: dict, model_dir: Path) -> np.ndarray:
+    """The file's logits (numpy llama.cpp graph), checked to equal (1e-4) those of the source model holding
+    the file's dequantised weights: a quantised file is exactly its dequantised model."""
+    weights = hf_layout(meta, tensors)
+    got = numpy_logits(meta, weights, IDS)
+    model, _ = load_model(model_dir)
+    model.load_state_dict({hf: torch.from_numpy(weights[gguf_tensor_name(hf)]) for hf in model.state_dict()})
+    with torch.no_grad():
+        dequantised = model(torch.tensor([IDS])).logits[0].double().numpy()
+    np.testing.assert_allclose(got, dequantised, rtol=0, atol=1e-4)
+    return got
+
+
 def test_q8_0_and_f16_files(files, dirs):
     meta, tensors = fields(files[("llama_pruned", "q8_0")])
     assert meta["general.file_type"] == gguf.LlamaFileType.MOSTLY_Q8_0
     kinds = {name: t for name, (t, _) in tensors.items()}
     assert kinds["blk.1.attn_q.weight"] == "Q8_0" and kinds["blk.0.attn_norm.weight"] == "F32"
     ref = torch_logits(dirs["llama_pruned"], IDS)
-    weights = hf_layout(meta, tensors)
-    got = numpy_logits(meta, weights, IDS)
-    # exact against the source model holding the file's dequantised weights ...
-    model, _ = load_model(dirs["llama_pruned"])
-    model.load_state_dict({hf: torch.from_numpy(weights[gguf_tensor_name(hf)]) for hf in model.state_dict()})
-    with torch.no_grad():
-        dequantised = model(torch.tensor([IDS])).logits[0].double().numpy()
-    np.testing.assert_allclose(got, dequantised, rtol=0, atol=1e-4)
+    got = logits_of_its_dequantised_weights(meta, tensors, dirs["llama_pruned"])
     # ... and close to the fp32 source (random weights: rms error ~4 % of the logit spread)
     rms = np.sqrt(np.mean((got - ref) ** 2))
     assert 0 < rms < 0.1 * np.std(ref), (rms, np.std(ref))
@@ -346,13 +352,7 @@ def test_q4_0_file_keeps_the_embedding_at_q8_0_and_computes_its_dequantised_weig
     kinds = {name: t for name, (t, _) in tensors.items()}
     assert kinds["blk.1.attn_q.weight"] == "Q4_0" and kinds["blk.0.ffn_down.weight"] == "Q4_0"
     assert kinds["token_embd.weight"] == "Q8_0" and kinds["blk.0.attn_norm.weight"] == "F32"
-    weights = hf_layout(meta, tensors)
-    got = numpy_logits(meta, weights, IDS)
-    model, _ = load_model(dirs["llama_pruned"])
-    model.load_state_dict({hf: torch.from_numpy(weights[gguf_tensor_name(hf)]) for hf in model.state_dict()})
-    with torch.no_grad():
-        dequantised = model(torch.tensor([IDS])).logits[0].double().numpy()
-    np.testing.assert_allclose(got, dequantised, rtol=0, atol=1e-4)  # the file is exactly its dequantised model
+    got = logits_of_its_dequantised_weights(meta, tensors, dirs["llama_pruned"])
     ref = torch_logits(dirs["llama_pruned"], IDS)
     q8 = numpy_logits(*(lambda m, t: (m, hf_layout(m, t)))(*fields(files[("llama_pruned", "q8_0")])), IDS)
     rms4, rms8 = np.sqrt(np.mean((got - ref) ** 2)), np.sqrt(np.mean((q8 - ref) ** 2))
