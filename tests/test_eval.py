@@ -50,6 +50,32 @@ def test_edge_eval_errors_are_one_line(tmp_path, capsys):
     assert "unknown track" in capsys.readouterr().err
 
 
+def test_device_and_batch_size_flags(tiny_model_dir, tmp_path, capsys):
+    """--device/--batch-size are for model directories; an .onnx file runs on the CPU, as on the vehicle."""
+    import torch
+
+    from edge_runtime.evaluation.cli import load_policy
+
+    onnx = tmp_path / "m.onnx"
+    onnx.write_bytes(b"")
+    assert edge_eval(["--model", str(onnx), "--device", "cuda"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--device cuda is for model directories" in err and len(err.splitlines()) == 1
+    assert edge_eval(["--model", str(tiny_model_dir), "--batch-size", "0"]) == 2
+    assert "--batch-size must be >= 1" in capsys.readouterr().err
+    if not torch.cuda.is_available():
+        assert edge_eval(["--model", str(tiny_model_dir), "--device", "cuda"]) == 2
+        assert "CUDA is not available" in capsys.readouterr().err
+    policy = load_policy(str(tiny_model_dir), device="auto", batch_size=3)
+    assert policy.batch_size == 3
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    assert next(policy.model.parameters()).device.type == expected
+    # batching does not change greedy answers
+    prompts = [build_mpc_prompt(t) for t in ("Drive smoothly.", "Go fast.", "Stay centred.", "Slow down.")]
+    one = load_policy(str(tiny_model_dir), device="cpu", batch_size=1).generate(prompts, 6)
+    assert [g.text for g in policy.generate(prompts, 6)] == [g.text for g in one]
+
+
 # -- splits, default tracks and oracle tables, intervals (no model: fast) ------------------------
 class _FakePolicy:
     """Answers every MPC prompt with one parameter set and every decision prompt with True."""
