@@ -144,3 +144,55 @@ def test_a_corrupt_part_is_refused_with_one_line(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert "sha256 differs" in err and len(err.splitlines()) == 1
     assert not (tmp_path / "back").exists()
+
+
+def _fake_eval(path: Path, adapt: float, decision: float, params: int = 10) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"parameters": params, "mpc": {"adaptability": {"overall": adapt}},
+                                "decision": {"accuracy": decision}}))
+
+
+def test_the_shipped_model_is_chosen_on_validation_only(tmp_path):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("gpu_finish", BENCH / "gpu" / "finish.py")
+    finish = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(finish)
+    root = tmp_path / "bpf"
+    for name in ("dense-s0", "dense-s1", "bpf-rl-50-s0", "sft-prune-50-s0", "sft-prune-25-s0", "ptp-50-s0"):
+        (root / "models" / name).mkdir(parents=True)
+        (root / "models" / name / "train_summary.json").write_text("{}")
+    _fake_eval(root / "eval" / "dense-s0-validation-hairpin.json", 0.6, 0.9)
+    _fake_eval(root / "eval" / "dense-s1-validation-hairpin.json", 0.4, 0.9)
+    _fake_eval(root / "eval" / "bpf-rl-50-s0-validation-hairpin.json", 0.45, 0.81)   # 0.9, 0.9 -> 0.90
+    _fake_eval(root / "eval" / "sft-prune-50-s0-validation-hairpin.json", 0.55, 0.72)  # 1.1, 0.8 -> 0.95
+    _fake_eval(root / "eval" / "sft-prune-50-s0-test-esses.json", -9, 0)  # test is never read
+    _fake_eval(root / "eval" / "sft-prune-25-s0-validation-hairpin.json", 0.9, 0.99)  # another ratio
+    _fake_eval(root / "eval" / "ptp-50-s0-test-esses.json", 0.9, 0.99)  # no validation report: not a candidate
+    sel = finish.select(root, 50)
+    assert sel["dense"]["adaptability"] == pytest.approx(0.5)
+    assert [c["model"] for c in sel["candidates"]] == ["sft-prune-50-s0", "bpf-rl-50-s0"]
+    assert sel["chosen"] == "sft-prune-50-s0" and sel["candidates"][0]["score"] == pytest.approx(0.95)
+    empty = tmp_path / "none"
+    (empty / "models" / "bpf-rl-50-s0").mkdir(parents=True)
+    (empty / "models" / "bpf-rl-50-s0" / "train_summary.json").write_text("{}")
+    assert finish.select(empty, 50)["chosen"] is None  # no dense reference finished: nothing chosen
+
+
+def test_the_budget_is_the_largest_that_fits_the_deadline(tmp_path, capsys):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("gpu_pick_budget", BENCH / "gpu" / "pick_budget.py")
+    pick = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(pick)
+    t = {"rollout_s": 0.2, "eval_wall_s": 30, "sft_step_s": 0.05, "rl_generation_s": 1.0, "rl_update_s": 0.1,
+         "process_overhead_s": 15}
+    # by hand for 40 GRPO steps: dense SFT 2*15 + 800*0.05 = 70; a run 15 + 200*0.05 + 40*(1.1 + 18*0.2/2) = 141
+    assert pick.critical_path_s(t, 40, 2) == pytest.approx(70 + 2 * 141 + 30)
+    timing = tmp_path / "timing.json"
+    timing.write_text(json.dumps(t))
+    # 50 steps: 70 + 2 * (15 + 250 * 0.05 + 50 * 2.9) + 30 = 445 s, x 1.5 = 667.5 <= 700; 60 steps: 762 > 700
+    assert pick.main([str(timing), "--deadline-s", "700", "--parallel-slowdown", "1.5"]) == 0
+    assert capsys.readouterr().out.split() == ["250", "50"]
+    assert pick.main([str(timing), "--deadline-s", "10", "--parallel-slowdown", "1.5"]) == 0  # nothing fits:
+    assert capsys.readouterr().out.split() == ["100", "20"]                                    # the smallest
