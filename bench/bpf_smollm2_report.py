@@ -160,7 +160,7 @@ def verdicts(doc: dict) -> list[str]:
         p, small = rows[pair["pruned"]], rows[pair["smaller_dense"]]
         lo, hi = pair["retention_ci"]
         dlo, dhi = pair["decision_points_ci"]
-        better = "better" if lo > 1 else "worse" if hi < 1 else "not distinguishable (the interval includes 100 %)"
+        better = "better" if lo > 1 else "worse" if hi < 1 else "not distinguishable: the interval includes 100 %"
         out.append(f"`{p['name']}` against the smaller dense `{small['name']}` ({small['parameters'] / 1e6:.1f} M vs "
                    f"{p['parameters'] / 1e6:.1f} M parameters), paired: {pair['retention']:.1%} [{lo:.1%}, {hi:.1%}] of "
                    f"its adaptability ({better}); decision accuracy {pair['decision_points']:+.1f} points "
@@ -168,7 +168,8 @@ def verdicts(doc: dict) -> list[str]:
         if pair["tradeoff_ratio"] is not None:
             out.append(f"Trade-off (removed prunable parameters per lost point of adaptability): `{p['name']}` "
                        f"{p['removed_per_lost_point']:,.0f}, `{small['name']}` {small['removed_per_lost_point']:,.0f} "
-                       f"-> {pair['tradeoff_ratio']:.2f}x (above 1: pruning loses less per removed parameter).")
+                       f"-> {pair['tradeoff_ratio']:.2f}x (above 1: pruning loses less per removed parameter; a ratio of point "
+                       "estimates, as uncertain as the paired comparison above).")
         else:
             out.append(f"Trade-off: undefined for `{p['name']}` vs `{small['name']}` (a model that loses nothing "
                        "against the reference has an unbounded metric).")
