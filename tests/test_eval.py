@@ -152,7 +152,7 @@ def test_cli_split_defaults(monkeypatch, tmp_path, capsys):
     import edge_runtime.evaluation.cli as cli
 
     seen = {}
-    monkeypatch.setattr(cli, "load_policy", lambda path, constrained=False: _FakePolicy())
+    monkeypatch.setattr(cli, "load_policy", lambda path, constrained=False, **kw: _FakePolicy())
     monkeypatch.setattr(cli, "evaluate_mpc", lambda policy, settings, oracle: seen.update(
         settings=settings, oracle=oracle) or {})
     monkeypatch.setattr(cli, "format_report", lambda report: "")

@@ -478,9 +478,11 @@ def build_parser() -> argparse.ArgumentParser:
     dl.add_argument("--init-from", required=True, help="model directory to take the layers from")
     dl.add_argument("--out", required=True, help="model directory to write")
     how = dl.add_mutually_exclusive_group(required=True)
-    how.add_argument("--keep-layers", type=int, help="how many decoder layers to keep")
+    how.add_argument("--keep-layers", type=int, help="how many decoder layers to keep (default: none; this or "
+                                                     "--match-params)")
     how.add_argument("--match-params", help="keep as many layers as make the whole model closest to this parameter "
-                                            "count, or to the count of this arch_spec.json")
+                                            "count, or to the count of this arch_spec.json (default: none; this or "
+                                            "--keep-layers)")
     dl.set_defaults(func=cmd_drop_layers)
     return ap
 
