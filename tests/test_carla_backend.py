@@ -422,16 +422,20 @@ def test_sixty_seconds_closed_loop_with_the_shipped_llm(tmp_path, monkeypatch, c
     records = [json.loads(line) for line in (out / "steps.jsonl").read_text().splitlines()]
     control = [r for r in records if r["type"] == "control"]
     llm = [r for r in records if r["type"] == "llm"]
-    # overruns are counted step by step; on a shared 2-core machine a few may happen while the LLM decodes
-    # (a timing target belongs in bench/, not here): this bounds them far below a loop that cannot keep up
+    # Every one of the 1200 periods is accounted for: a step ran in it, or the car held the command in force
+    # through it (a dropped period, counted). On a shared 2-core machine a stall of the host can drop a few
+    # while the LLM decodes -- a timing target belongs in bench/, not here; 1 % bounds them far below a loop
+    # that cannot keep up.
+    steps, dropped = summary["steps"], summary["dropped_steps"]
+    assert steps + dropped == 1200 and dropped <= 12
     assert summary["overruns"] == sum(r["overrun"] for r in control) <= 12
-    assert summary["dropped_steps"] == sum(r["dropped"] for r in control) <= 12 and summary["steps"] == 1200
+    assert dropped == sum(r["dropped"] for r in control)
     assert summary["realtime"] is True and not summary["crashed"] and summary["mpc_failures"] == 0
     assert summary["telemetry"]["dropped"] == 0 and summary["log_records"] == len(records)
-    assert [r["step"] for r in control] == list(range(1200))
-    assert control[-1]["sim_time"] == pytest.approx(60.0)
-    frames = [r["sim_frame"] for r in control]
-    assert frames == list(range(frames[0], frames[0] + 1200))
+    assert [r["step"] for r in control] == list(range(steps))
+    assert control[-1]["sim_time"] == pytest.approx(60.0)  # held periods advance the simulation too
+    frames = [r["sim_frame"] for r in control]  # one server tick per period, held ones included
+    assert all(b - a == 1 + r["dropped"] for a, b, r in zip(frames, frames[1:], control[1:]))
     for r in control:
         assert all(math.isfinite(r[k]) for k in ("exec_time", "s", "d", "v", "sim_server_time", "sim_tick_wall"))
     assert len(llm) == 1 and llm[0]["status"] == "applied"
