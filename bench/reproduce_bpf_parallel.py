@@ -71,6 +71,7 @@ class Node:
     tmp_json: Path | None = None  # evaluations write here and are renamed to ``done`` on success
     state: str = "waiting"  # waiting | running | done | failed | stopped | not started
     proc: subprocess.Popen | None = field(default=None, repr=False)
+    log_fh: object = field(default=None, repr=False)  # the open log file while the process runs
     started: float | None = None
     wall_s: float | None = None
     rc: int | None = None

