@@ -40,7 +40,11 @@ KV cache handling, by the file's layout (metadata ``edge_runtime.kv_cache``):
   makes each present one token longer than its past, so every step allocates the cache anew.
   States are independent.
 
-Only the logits come back to host memory.
+Only the logits come back to host memory. A file exported with ``--logits last`` (the default;
+``edge_runtime.export.last_logits``) computes them for the last position of a run only: every
+decoding loop reads nothing else, and the LM head over a whole prompt is the largest matrix
+product of a prefill. ``last_logits_only`` says which kind a file is (from the graph's declared
+``logits`` shape); on such a file ``append_tokens`` returns one row per run.
 
 **Binding reuse.** Each :class:`DecodeState` builds one IOBinding on its first run and keeps it:
 the shared cache's buffers are bound once (as past and present), ``input_ids`` / ``position_ids``
@@ -227,6 +231,9 @@ class OnnxGenerator:
         self.kv_dtype = _NP_DTYPES[first.type]
         logits = next(o for o in self.session.get_outputs() if o.name == "logits")
         self.logits_dtype = _NP_DTYPES.get(logits.type, np.float32)
+        #: the graph computes the last position's logits only (``edge-export --logits last``): a run
+        #: returns one row however many tokens it feeds (module docstring)
+        self.last_logits_only: bool = len(logits.shape) == 3 and logits.shape[1] == 1
 
     def _empty_past(self) -> list[ort.OrtValue]:
         """The cache a sequence starts with: empty pasts (concat), or the generator's buffers
@@ -351,9 +358,14 @@ class OnnxGenerator:
         return DecodeState(self)
 
     def prefill_logits(self, token_ids: Sequence[int]) -> np.ndarray:
-        """Logits [len(token_ids), vocab] (graph dtype) of one prefill run (parity checks, debugging)."""
+        """Logits [len(token_ids), vocab] (graph dtype) of one prefill run (parity checks, debugging).
+        ValueError for more than one token on a file that computes the last position only
+        (:attr:`last_logits_only`): feed it one token at a time (``start().append_tokens``)."""
         if not len(token_ids):
             raise ValueError("prefill_logits: empty token list")
+        if self.last_logits_only and len(token_ids) > 1:
+            raise ValueError(f"prefill_logits: {self.path.name} computes the logits of the last position only "
+                             f"(edge-export --logits last); append one token at a time for every position's row")
         return self.start().append_tokens(token_ids)
 
     def generate(self, prompt: str, max_new_tokens: int | None = None, stop_at_eos: bool = True, *,
@@ -508,7 +520,8 @@ class DecodeState:
         if n != self._bound_n:
             self._ids_buf = np.zeros((1, n), dtype=np.int64)
             self._pos_buf = np.zeros((1, n), dtype=np.int64)
-            self._logits_buf = np.empty((1, n, gen.spec.vocab_size), dtype=gen.logits_dtype)
+            rows = 1 if gen.last_logits_only else n
+            self._logits_buf = np.empty((1, rows, gen.spec.vocab_size), dtype=gen.logits_dtype)
             self._values = [ort.OrtValue.ortvalue_from_numpy(a, "cpu", 0)  # CPU: the OrtValue uses the array's memory
                             for a in (self._ids_buf, self._pos_buf, self._logits_buf)]
             binding.bind_ortvalue_input("input_ids", self._values[0])
@@ -519,8 +532,9 @@ class DecodeState:
 
     def append_tokens(self, token_ids: Sequence[int]) -> np.ndarray:
         """Run the graph on ``token_ids`` (at positions ``length``.. after the cached tokens) and
-        return their logits ``[len(token_ids), vocab]`` in the graph's dtype; the last row scores
-        the next token. The array is the caller's: later steps never write into it. ValueError for
+        return their logits ``[len(token_ids), vocab]`` in the graph's dtype (``[1, vocab]``, the last
+        position's, on a file that computes only that one: :attr:`OnnxGenerator.last_logits_only`);
+        the last row scores the next token. The array is the caller's: later steps never write into it. ValueError for
         an empty or non-integer list, an id outside the vocabulary, or more tokens than the shared
         cache holds (KVCapacityError); RuntimeError when a newer state has taken the shared cache."""
         logits = self._run(token_ids)
@@ -567,7 +581,7 @@ class DecodeState:
             self._past = list(binding.get_outputs()[1:])
         self._length = start + n
         out = self._logits_buf[0]
-        if n > 1:
+        if n > 1 and not gen.last_logits_only:
             self._bound_n = 0  # a multi-token run hands its logits buffer to the caller; the next one binds a new one
         return out
 

@@ -6,6 +6,10 @@
     edge-export models/pruned -o models/pruned.onnx --kv-cache concat   (the traced graph)
     edge-export models/pruned -o models/pruned.gguf [--gguf-type f32|f16|q8_0|q4_0]   (llama.cpp; --format gguf)
 
+Logits (``--logits``, default last): the graph computes the logits of the last position of each run
+only (``edge_runtime.export.last_logits``), which is all a decoding loop reads; ``--logits all``
+keeps every position's row (perplexity, debugging). Parity checks either kind.
+
 KV cache layout (``--kv-cache``, default auto): fp32 graphs and their quantized variants get the
 shared, preallocated cache (``edge_runtime.export.shared_cache_graph``: updated in place, nothing
 reallocated per token); fp16 graphs, and models the shared graph does not support, get the traced
@@ -50,6 +54,7 @@ KV_CACHE_CHOICES = ("auto", "shared", "concat")
 FORMAT_CHOICES = ("onnx", "gguf")
 GGUF_TYPE_CHOICES = ("f32", "f16", "q8_0", "q4_0")  # edge_runtime.export.gguf_export.GGUF_TYPES (checked in a test)
 BLOCK_SIZE_CHOICES = (16, 32, 64, 128, 256)
+LOGITS_CHOICES = ("last", "all")
 
 DESCRIPTION = ("Export a model directory to one ONNX decoder file (KV cache, self-describing metadata) "
                "and write it only if it passes the parity check against PyTorch.")
@@ -111,6 +116,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "its quantized variants), concat (traced graph, the cache grows per token; any dtype, and "
                         "what TensorRT builds from) or auto (shared where supported, else concat) "
                         "(default: %(default)s)")
+    p.add_argument("--logits", default="last", choices=LOGITS_CHOICES,
+                   help="positions the graph computes logits for: 'last' (what decoding reads; the LM head runs "
+                        "on one row per run) or 'all' (every position: perplexity, debugging) (default: "
+                        "%(default)s)")
     p.add_argument("--kv-capacity", type=int, default=1024, metavar="N",
                    help="positions in the shared KV cache: prompt + generated tokens (default: %(default)s)")
     p.add_argument("--opset", type=int, default=17, metavar="N",
@@ -215,6 +224,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .onnx_export import GENERATION_DEFAULTS, export_onnx
     from .parity import TOLERANCES, check_parity
     from .external_data import data_file_name, externalize_weights
+    from .last_logits import rewrite_file
     from .quantize import QuantizeConfig, QuantizeError, quantize_onnx
     from .shared_cache_graph import check_supported
 
@@ -250,6 +260,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                                         accuracy_level=args.accuracy_level,
                                         quantize_embedding=not args.float_embedding, head_bits=args.head_bits)
                 quant = quantize_onnx(tmp_fp32, tmp, config)
+            if args.logits == "last":
+                rewrite_file(tmp, tmp)
         except (ExportError, QuantizeError, ModelFormatError, ArchSpecError, FileNotFoundError) as exc:
             return _fail(exc)
         if staging is not None:
@@ -271,7 +283,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             size += data_file.stat().st_size
         variant = args.dtype if quant is None else f"{args.quantize} {quant.config.method}"
         cache = f"shared KV cache, capacity {args.kv_capacity}" if layout == "shared" else f"concat KV cache, opset {args.opset}"
-        print(f"edge-export {model_dir} -> {out} ({variant}, {cache})")
+        rows = "last-position logits" if args.logits == "last" else "logits at every position"
+        print(f"edge-export {model_dir} -> {out} ({variant}, {cache}, {rows})")
         print(f"  size               {size / 2**20:.2f} MiB ({size:,} bytes)"
               + (f"; weights in {out.name}.data" if data_file is not None else ""))
         if quant is not None:

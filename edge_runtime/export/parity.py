@@ -5,13 +5,15 @@ For every prompt:
 (a) **prefill logits** -- the PyTorch model (float32, the source of truth) and the ONNX file under
     ONNX Runtime (through the vehicle's decoding engine, ``edge_runtime.decoding.generator.OnnxGenerator``)
     each compute the logits of every prompt position; the max absolute difference must stay
-    within the variant's tolerance ``atol + rtol * max|reference logit|``.
+    within the variant's tolerance ``atol + rtol * max|reference logit|``. A file that computes the
+    last position only (``edge-export --logits last``, the default) is compared on that row.
 
 (b) **greedy tokens** -- both greedy-decode up to ``max_new_tokens`` (stopping at EOS); the
     ``identical_answers`` count says for how many prompts the token sequences are identical.
 
 (c) **token agreement** (teacher forced) -- the ONNX file is run once more over the prompt plus
-    the reference's greedy answer, and at every answer step its argmax is compared with the
+    the reference's greedy answer (a last-position file: the prompt, then one answer token per
+    run), and at every answer step its argmax is compared with the
     reference's token: ``token_agreement`` is the fraction of answer tokens it reproduces, over
     all prompts. Unlike (b) this does not let one early divergence decide the whole answer.
 
@@ -169,6 +171,18 @@ def _torch_greedy(model, ids: list[int], max_new_tokens: int,
     return prefill, tokens, gaps, np.stack(steps)
 
 
+def _teacher_forced(generator, ids: list[int], answer: list[int]) -> np.ndarray:
+    """The file's logits at every answer step with the reference answer fed as the prefix
+    ([len(answer), vocab]): one run over prompt + answer, or -- for a file that computes the last
+    position only -- the prompt, then one answer token per run."""
+    if not generator.last_logits_only:
+        return generator.prefill_logits(ids + answer[:-1])[len(ids) - 1:]
+    state = generator.start()
+    rows = [state.append_tokens(ids)[-1]]
+    rows += [state.append_tokens([t])[-1] for t in answer[:-1]]
+    return np.stack(rows)
+
+
 def mean_kl(reference: np.ndarray, other: np.ndarray) -> float:
     """Mean over rows of KL(softmax(reference) || softmax(other)), in nats: how much probability
     mass the other model moves away from the reference's next-token distribution."""
@@ -249,7 +263,9 @@ def check_parity(model_dir: str | os.PathLike, onnx_path: str | os.PathLike, pro
         for k, (prompt, budget) in enumerate(zip(prompts, budgets)):
             ids = generator.encode(prompt)
             ref_logits, ref_tokens, gaps, ref_steps = _torch_greedy(model, ids, budget, generator.eos_id)
-            onnx_logits = generator.prefill_logits(ids).astype(np.float32)
+            if generator.last_logits_only:  # the file computes the prompt's last row only: compare that one
+                ref_logits = ref_logits[-1:]
+            onnx_logits = generator.start().append_tokens(ids).astype(np.float32)
             diff = float(np.max(np.abs(onnx_logits - ref_logits)))
             bound = tol.bound(float(np.max(np.abs(ref_logits))))
             result = generator.generate(prompt, budget)
@@ -260,8 +276,7 @@ def check_parity(model_dir: str | os.PathLike, onnx_path: str | os.PathLike, pro
             gap = gaps[divergence] if divergence is not None and divergence < len(gaps) else None
             near_tie = bool(not same and gap is not None and gap < 2 * max(diff, tol.atol))
             tokens_ok = same or (near_tie and tol.allow_near_ties) or not tol.require_identical
-            forced = ids + ref_tokens[:-1]  # teacher forcing: the reference answer as the prefix
-            forced_logits = generator.prefill_logits(forced)[len(ids) - 1:]
+            forced_logits = _teacher_forced(generator, ids, ref_tokens)
             kl = mean_kl(ref_steps, forced_logits)
             logits_ok = diff <= bound if tol.max_mean_kl is None else kl <= tol.max_mean_kl
             agree = int(np.sum(np.argmax(forced_logits, axis=-1) == np.asarray(ref_tokens)))
