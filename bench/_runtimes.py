@@ -58,6 +58,11 @@ class Adapter:
     def capacity(self) -> int | None:
         return None
 
+    def use_prompt_prefix_cache(self) -> bool:
+        """Reuse the MPC prompt's instruction-independent prefix across answers, as the runtime would be
+        configured on a vehicle (``--prefix-cache``); False: this runtime has no such mechanism here."""
+        return False
+
     def decode_times(self, prompt_ids: list[int], steps: int) -> list[float]:
         self.reset()
         token = int(np.argmax(self.append(prompt_ids)))
@@ -110,6 +115,12 @@ class OnnxAdapter(Adapter):
 
     def capacity(self) -> int | None:
         return self.gen.kv_capacity
+
+    def use_prompt_prefix_cache(self) -> bool:
+        # exactly what the vehicle's LLM worker registers at warm-up
+        from edge_runtime.runtime.llm_worker import register_mpc_prefix
+
+        return register_mpc_prefix(self.gen) > 0
 
     def encode(self, prompt: str) -> list[int]:
         return self.gen.encode(prompt)
@@ -264,6 +275,29 @@ class LlamaCppAdapter(Adapter):
 
     def capacity(self) -> int | None:
         return self.context
+
+    def use_prompt_prefix_cache(self) -> bool:
+        self.reuse_prefix = True
+        return True
+
+    def answer(self, prompt: str, budget: int, constrained: bool) -> tuple[str, int]:
+        """Greedy to EOS; with the prefix cache, llama-cpp-python's own prompt reuse (what its
+        ``generate`` / ``create_completion`` do for a user): the KV entries of the longest run of
+        leading ids the prompt shares with what the context holds (the previous prompt and answer)
+        are kept, and only the rest of the prompt is evaluated -- the last prompt token always."""
+        if not getattr(self, "reuse_prefix", False):
+            return super().answer(prompt, budget, constrained)
+        from edge_runtime.decoding.step_api import common_prefix_length
+
+        ids = self.encode(prompt)
+        held = self.llm.input_ids[: self.llm.n_tokens].tolist()
+        self.llm.n_tokens = common_prefix_length(held, ids[:-1])  # eval drops the KV entries past n_tokens
+        token = int(np.argmax(self.append(ids[self.llm.n_tokens:])))
+        out = [token]
+        while token != self.eos_id and len(out) < budget:
+            token = int(np.argmax(self.append([token])))
+            out.append(token)
+        return self.decode(out), len(out)
 
     def encode(self, prompt: str) -> list[int]:
         return list(self.llm.tokenize(self.chat_format.render(prompt).encode("utf-8"), add_bos=False, special=True))

@@ -21,7 +21,7 @@ a child, in this order:
 * load: importing the runtime's package and constructing its model object (``OnnxGenerator``,
   ``og.Model``, ``Llama``, ``load_model``) -- what a cold start on the vehicle pays (importing torch
   alone takes seconds) -- and RSS right after;
-* warm-up (not recorded): an 8-token prefill, two decode steps, one instruction answered;
+* warm-up (not recorded): an 8-token prefill and two decode steps;
 * prefill: one run over ``L`` prompt tokens for every ``--prompt-lengths`` L (ms);
 * decode: after a prefill of the first prompt length, ``--new-tokens`` decode steps, each one graph
   run plus the argmax, EOS ignored (the loop appends the argmax token itself, so every model runs
@@ -33,7 +33,12 @@ a child, in this order:
   generation with the model's MPC token budget (stops at EOS) + ``parse_mpc_answer`` -- what the
   LLM worker on the vehicle does (``runtime/llm_worker.py``). Both free and grammar-constrained
   decoding (``generate(constrained=True, task="mpc")``) for the ONNX models; peers decode freely
-  (they have no grammar). p50/p90 and the parse rate.
+  (they have no grammar). p50/p90 and the parse rate. Before them, the runtime is put in the state
+  a vehicle's is in before an instruction: with ``--prefix-cache on`` (default) the MPC prompt's
+  instruction-independent prefix is registered (ours: ``register_mpc_prefix``, what the LLM worker
+  does at warm-up; llama.cpp: llama-cpp-python's reuse of the longest prefix its context holds,
+  what its ``create_completion`` does; genai and torch have none here and say so), and one
+  instruction is answered (not recorded).
 
 Parameters come from the file's arch spec; file size is the ONNX file (peers: the GGUF file, the
 genai folder, the safetensors). ``--eval-report NAME=eval.json`` (an ``edge-eval --json`` report,
@@ -212,10 +217,7 @@ def measure(entry: Entry, cfg: dict[str, Any]) -> dict[str, Any]:
     instructions = pick_instructions(cfg["instructions"])
     modes = [False, True] if adapter.supports_constrained else [False]
 
-    adapter.decode_times(filler_ids(adapter, 8), 2)  # warm-up: arenas, kernels, grammar caches
-    for constrained in modes:
-        adapter.answer(build_mpc_prompt(instructions[0].text), budget, constrained)
-
+    adapter.decode_times(filler_ids(adapter, 8), 2)  # warm-up: arenas, kernels
     prefill: dict[str, float] = {}
     for n in lengths:
         ids = filler_ids(adapter, n)
@@ -233,6 +235,11 @@ def measure(entry: Entry, cfg: dict[str, Any]) -> dict[str, Any]:
     decode_wall = time.perf_counter() - t
     energy = {m.source: m.stop() for m in meters}
 
+    # the vehicle's state before its first instruction: the prompt prefix registered (where the runtime
+    # has a prefix cache and --prefix-cache is on), one instruction answered before (warm-up, grammar caches)
+    prefix_cache = bool(cfg.get("prefix_cache", True)) and adapter.use_prompt_prefix_cache()
+    for constrained in modes:
+        adapter.answer(build_mpc_prompt(instructions[0].text), budget, constrained)
     answers: dict[str, Any] = {}
     for constrained in modes:
         lat, parsed, tokens = [], [], []
@@ -247,7 +254,8 @@ def measure(entry: Entry, cfg: dict[str, Any]) -> dict[str, Any]:
     return {"load_s": load_s, "rss_after_load_bytes": rss_after_load, "peak_rss_bytes": peak_rss_bytes(),
             "info": info, "prefill_s": prefill, "decode_prompt_tokens": len(decode_ids), "decode_times_s": times,
             "decode_wall_s": decode_wall, "energy_j": energy, "energy_notes": energy_notes,
-            "instructions": answers, "mpc_budget": budget, "instruction_count": len(instructions)}
+            "instructions": answers, "mpc_budget": budget, "instruction_count": len(instructions),
+            "prefix_cache": prefix_cache}
 
 
 def _child(entry: dict[str, Any], cfg: dict[str, Any], conn) -> None:
@@ -307,6 +315,7 @@ def summarize(reps: list[dict[str, Any]]) -> dict[str, Any]:
     sources = sorted({s for r in reps for s, v in r["energy_j"].items() if v is not None})
     out["j_per_token"] = {s: _median([(r["energy_j"].get(s) or 0) / len(r["decode_times_s"]) for r in reps
                                        if r["energy_j"].get(s) is not None]) for s in sources}
+    out["prefix_cache"] = all(r.get("prefix_cache", False) for r in reps)
     out["instructions"] = {}
     for mode in reps[0]["instructions"]:
         runs = [r["instructions"][mode] for r in reps]
@@ -386,6 +395,16 @@ def _score_cells(sc: dict[str, Any] | None) -> list[str]:
     return cells
 
 
+def _prefix_note(doc: dict[str, Any]) -> str:
+    if not doc["settings"].get("prefix_cache", False):
+        return "; prompt-prefix cache off (every prompt prefilled in full)"
+    res = doc["results"]
+    used = [n for n in doc["order"] if res[n]["summary"].get("prefix_cache")]
+    without = [n for n in doc["order"] if n not in used]
+    return ("; prompt-prefix cache on, as on the vehicle (" + (", ".join(used) or "no model has one")
+            + (f"; without one: {', '.join(without)}" if without else "") + ")")
+
+
 def markdown(doc: dict[str, Any]) -> str:
     res, names, st = doc["results"], doc["order"], doc["settings"]
     man = doc["manifest"]
@@ -397,7 +416,8 @@ def markdown(doc: dict[str, Any]) -> str:
              + (f"; Jetson: {man['jetson']['nv_tegra_release']}" if man.get("jetson") else ""), "",
              f"{st['repeats']} repeats, interleaved round-robin, each in a fresh process; medians over repeats. "
              f"Decode: {st['new_tokens']} steps after a {lengths[0]}-token prompt, EOS ignored. Instruction -> "
-             f"parameters: {doc['instruction_count']} validation instructions, MPC prompt + greedy answer + parse.", ""]
+             f"parameters: {doc['instruction_count']} validation instructions, MPC prompt + greedy answer + parse"
+             + _prefix_note(doc) + ".", ""]
     head = (["model", "runtime", "params", "size MiB", "load s", "RSS MiB"] + [f"prefill {n} ms" for n in lengths]
             + ["ms/tok p50", "p90", "p99", "tok/s", "instr→params p50/p90 ms (free)",
                "(constrained)", "J/token", "adaptability", "of oracle", "decision acc."])
@@ -552,6 +572,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2, help="intra-op threads of every runtime")
     ap.add_argument("--instructions", type=int, default=0, help="validation instructions to answer (0: all)")
+    ap.add_argument("--prefix-cache", default="on", choices=["on", "off"],
+                    help="instruction -> parameters with the prompt-prefix cache, as the vehicle runs (ours: the LLM "
+                    "worker's registered prefix; llama.cpp: its reuse of the longest prefix the context holds; "
+                    "runtimes without one answer without) or off (every prompt prefilled in full) (default: on)")
     ap.add_argument("--providers", default=None, choices=["cpu", "cuda", "tensorrt", "auto"],
                     help="ONNX Runtime execution provider of the ONNX models (default cpu; a GPU provider must be "
                     "available, else exit 2; genai and llama.cpp then use CUDA too, torch stays on CPU)")
@@ -578,7 +602,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     providers = None if args.providers in (None, "cpu") else args.providers
     cfg: dict[str, Any] = {"prompt_lengths": lengths, "new_tokens": args.new_tokens, "threads": args.threads,
                            "instructions": args.instructions, "providers": providers, "mpc_budget": None,
-                           "trt_cache": args.trt_cache,
+                           "trt_cache": args.trt_cache, "prefix_cache": args.prefix_cache == "on",
                            "chat_format": None}
     t_start = time.perf_counter()
     raw: dict[str, list[dict[str, Any]]] = {e.name: [] for e in entries}
@@ -607,7 +631,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "manifest": machine_manifest(args.threads, providers or "cpu"),
         "settings": {"prompt_lengths": lengths, "new_tokens": args.new_tokens, "repeats": args.repeats,
                      "threads": args.threads, "instructions": args.instructions, "providers": providers,
-                     "mpc_budget": first["mpc_budget"],
+                     "mpc_budget": first["mpc_budget"], "prefix_cache": args.prefix_cache == "on",
                      "protocol": "fresh spawned process per (model, repeat); round-robin over models per repeat; "
                                  "medians over repeats"},
         "command": " ".join(["python bench/compare_throughput.py", *(argv if argv is not None else sys.argv[1:])]),

@@ -87,7 +87,68 @@ def test_smoke_run_writes_results_table_and_plots(smoke):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_smoke_run_answers_instructions_with_the_vehicles_prefix_cache(smoke):
+    out, doc = smoke
+    assert doc["settings"]["prefix_cache"] is True
+    for name in ("dense", "pruned50"):
+        assert doc["results"][name]["summary"]["prefix_cache"] is True
+    assert "prompt-prefix cache on, as on the vehicle (dense, pruned50" in (out / "results.md").read_text()
+
+
+def _tiny_adapter(ct, name: str):
+    from _runtimes import OnnxAdapter
+
+    cfg = {"providers": None, "threads": 1, "prompt_lengths": [16], "new_tokens": 4}
+    adapter = OnnxAdapter(ct.Entry(name, "onnx", str(TINY / f"{name}.onnx"), "--model"), cfg)
+    adapter.load()
+    return adapter
+
+
+def test_onnx_adapter_prefix_cache_gives_the_same_answers(ct):
+    """The benchmark registers exactly the worker's prefix; answers are those of a full prefill."""
+    from edge_runtime.runtime.llm_worker import PREFIX_PROBES, register_mpc_prefix
+    from edge_runtime.tasks.prompts import build_mpc_prompt
+
+    plain, cached = _tiny_adapter(ct, "dense"), _tiny_adapter(ct, "dense")
+    assert cached.use_prompt_prefix_cache() is True
+    assert len(cached.gen.prefixes) == 1 and register_mpc_prefix(plain.gen) == len(cached.gen.prefixes[0].ids)
+    plain.gen.clear_prefixes()
+    for ins in ct.pick_instructions(3):
+        prompt = build_mpc_prompt(ins.text)
+        for constrained in (False, True):
+            assert cached.answer(prompt, 40, constrained) == plain.answer(prompt, 40, constrained)
+    assert cached.gen.prefix_stats["full"] == 6 and plain.gen.prefix_stats["full"] == 0
+    assert PREFIX_PROBES  # the probes are the worker's own
+
+
+def test_llamacpp_adapter_reuses_the_prompt_prefix_it_holds(ct, tmp_path):
+    """llama-cpp-python's own prefix reuse: the same greedy answers as a full prefill, and only the
+    prompt's suffix is evaluated (n_tokens before the eval equals the shared prefix)."""
+    pytest.importorskip("llama_cpp")
+    pytest.importorskip("gguf")
+    from _runtimes import LlamaCppAdapter
+    from edge_runtime.export.gguf_export import export_gguf
+    from edge_runtime.tasks.prompts import build_mpc_prompt
+
+    gguf = export_gguf(TINY / "dense", tmp_path / "dense.gguf", "f32").out
+    cfg = {"providers": None, "threads": 1, "prompt_lengths": [16], "new_tokens": 4, "chat_format": None}
+    plain, reuse = (LlamaCppAdapter(ct.Entry(n, "llamacpp", str(gguf), "--gguf"), cfg) for n in ("plain", "reuse"))
+    plain.load()
+    reuse.load()
+    assert reuse.use_prompt_prefix_cache() is True
+    evaluated: list[int] = []
+    real_eval = reuse.llm.eval
+    reuse.llm.eval = lambda tokens: (evaluated.append(len(tokens)), real_eval(tokens))[1]
+    prompts = [build_mpc_prompt(i.text) for i in ct.pick_instructions(3)]
+    for prompt in prompts:
+        evaluated.clear()
+        assert reuse.answer(prompt, 24, False) == plain.answer(prompt, 24, False)
+        if prompt is not prompts[0]:
+            assert evaluated[0] < len(reuse.encode(prompt)) // 2  # the shared beginning was not run again
+
+
 def test_smoke_run_torch_peer_runs_or_is_skipped(smoke):
+
     _, doc = smoke
     notes = " ".join(doc["notes"])
     if importlib.util.find_spec("torch") is None:
@@ -96,6 +157,7 @@ def test_smoke_run_torch_peer_runs_or_is_skipped(smoke):
     eager = doc["results"]["eager"]
     assert eager["kind"] == "torch" and eager["info"]["parameters"] == doc["results"]["dense"]["info"]["parameters"]
     assert eager["summary"]["decode_ms_p50"] > 0 and "constrained" not in eager["summary"]["instructions"]
+    assert eager["summary"]["prefix_cache"] is False  # no prefix cache in the torch loop: said, not pretended
     assert "dense / eager" in doc["ratios"]["vs_peers"]
     if importlib.util.find_spec("llama_cpp") is None:
         assert "llamacpp: skipped: not installed (pip install llama-cpp-python)" in doc["notes"]

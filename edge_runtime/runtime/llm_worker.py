@@ -58,13 +58,25 @@ from ..tasks.instructions import Instruction
 from ..tasks.prompts import build_mpc_prompt
 from ..telemetry.stats import latency_summary
 
-__all__ = ["WORKER_ERROR", "LLMOutcome", "LLMRequest", "LLMWorker", "PromptDoesNotFit", "mpc_token_budget"]
+__all__ = ["WORKER_ERROR", "LLMOutcome", "LLMRequest", "LLMWorker", "PromptDoesNotFit", "mpc_token_budget", "register_mpc_prefix"]
 
 #: Failure reason of an exception inside the worker (parse failures use ParseFailure values).
 WORKER_ERROR = "worker_error"
 #: Instructions whose MPC prompts share exactly the instruction-independent beginning (different first words).
 PREFIX_PROBES = ("Drive on the centre line.", "Stop at the next corner.", "Keep a safe distance.")
 TEXT_LIMIT = 600  # characters of the answer text kept in the telemetry record
+
+
+def register_mpc_prefix(generator: Any) -> int:
+    """Register the MPC prompt's instruction-independent token prefix with ``generator``'s prefix
+    cache (``cache_common_prefix`` over the prompts of :data:`PREFIX_PROBES`); its length in tokens
+    (0: the generator has no prefix cache, or the probes share no tokens). What the worker does at
+    warm-up, and what a benchmark of the vehicle's instruction latency must do too."""
+    cache = getattr(generator, "cache_common_prefix", None)
+    if cache is None:
+        return 0
+    entry = cache([build_mpc_prompt(text) for text in PREFIX_PROBES])
+    return len(getattr(entry, "ids", ()))
 
 
 def mpc_token_budget(generation: dict[str, Any], where: str = "model") -> int:
@@ -217,11 +229,7 @@ class LLMWorker:
         """Register the MPC prompt's instruction-independent token prefix with the generator's prefix
         cache (module docstring); returns its length in tokens (0: the generator has no prefix cache or
         the probes share no tokens). Called by :meth:`warm_up`; call before :meth:`start`."""
-        cache = getattr(self.generator, "cache_common_prefix", None)
-        if cache is None:
-            return 0
-        entry = cache([build_mpc_prompt(text) for text in PREFIX_PROBES])
-        return len(getattr(entry, "ids", ()))
+        return register_mpc_prefix(self.generator)
 
     def warm_up(self, tokens: int = 2) -> float:
         """Register the prompt prefix (:meth:`cache_prompt_prefix`), then one short generation before
