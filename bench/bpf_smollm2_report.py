@@ -14,6 +14,13 @@ instructions) and the decision-accuracy difference in points (stratified by deci
 plus the trade-off metric of the paper (prunable parameters removed per lost point of
 adaptability). Writes ``report.json``, ``report.md`` and ``score_vs_params.png``.
 
+**Seeds.** ``--model NAME@SEED=DIR`` marks one training seed of method NAME; two or more seeds of
+one method also get a row ``NAME (mean of N seeds)``: every instruction's adaptability and every
+decision example's correctness averaged over the seeds (the seeds were evaluated on the same items),
+then scored and bootstrapped over items exactly as ``edge-eval`` scores one model -- so its
+interval covers the item sample, and the per-seed rows beside it show the seed spread. Method-level
+comparisons (each pruned method against each smaller dense model) use that mean, not the seeds.
+
 Why a script of its own: ``bench/reproduce_bpf.py`` trains and evaluates every method at tiny scale
 in one go; on SmolLM2 each training run is hours on a CPU, so runs are made one by one (their
 commands are in the model cards) and this script only gathers and compares what they produced.
@@ -34,8 +41,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import streamed_weight_bytes  # noqa: E402
 from edge_runtime.contracts.arch_spec import ArchSpec  # noqa: E402
 from edge_runtime.prune.config import PruneConfig, prunable_parameters  # noqa: E402
-from edge_runtime.tasks.stats import (DEFAULT_BOOTSTRAP, ratio_of_mean_of_means_ci,  # noqa: E402
-                                      stratified_bootstrap)
+from edge_runtime.tasks.stats import (DEFAULT_BOOTSTRAP, mean_of_means_ci,  # noqa: E402
+                                      ratio_of_mean_of_means_ci, stratified_bootstrap)
 
 TARGET_RETENTION = 0.95
 TARGET_DECISION_POINTS = 2.0
@@ -62,10 +69,74 @@ def load_entry(name: str, directory: Path, report_name: str) -> dict[str, Any]:
     while stage:  # a staged run: the card's total is every stage's wall time
         wall = (wall or 0) + (stage.get("wall_time_s") or 0)
         stage = stage.get("init_summary")
-    return {"name": name, "dir": str(directory), "onnx": str(onnx_path), "spec": ArchSpec.load(spec_path),
+    method, at, seed = name.partition("@")
+    if at and (not method or not seed):
+        raise ReportError(f"--model {name}={directory}: a seed is marked NAME@SEED")
+    return {"name": name, "method": method, "dir": str(directory), "onnx": str(onnx_path), "spec": ArchSpec.load(spec_path),
             "report": report, "mpc": mpc, "decision": decision, "file_bytes": onnx_path.stat().st_size,
             "streamed_bytes": streamed_weight_bytes(onnx_path), "train_wall_min": wall / 60 if wall else None,
             "recipe": summary.get("command")}
+
+
+def _groups(rows: list[dict], key: str, value) -> dict[str, list]:
+    out: dict[str, list] = {}
+    for r in rows:
+        out.setdefault(r[key], []).append(value(r))
+    return out
+
+
+def seed_mean(method: str, seeds: list[dict]) -> dict[str, Any]:
+    """One entry for ``method`` from its seeds' entries: per-item scores averaged over the seeds, then
+    summarised and bootstrapped over items as edge-eval does for one model (module docstring)."""
+    first = seeds[0]
+    for e in seeds[1:]:
+        if e["spec"].to_dict() != first["spec"].to_dict():
+            raise ReportError(f"{e['name']}: a different architecture from {first['name']}; seeds of one method "
+                              f"must share it")
+        for task, key in (("mpc", "instruction"), ("decision", "summary")):
+            if [r[key] for r in e[task]["rows"]] != [r[key] for r in first[task]["rows"]]:
+                raise ReportError(f"{e['name']}: its {task} report covers other items than {first['name']}'s "
+                                  f"(evaluate every seed on the same split)")
+    n = len(seeds)
+    mpc_rows = [dict(r, adaptability=float(np.mean([e["mpc"]["rows"][i]["adaptability"] for e in seeds])),
+                     crashed=sum(bool(e["mpc"]["rows"][i]["crashed"]) for e in seeds) / n)
+                for i, r in enumerate(first["mpc"]["rows"])]
+    dec_rows = [dict(r, correct=float(np.mean([float(e["decision"]["rows"][i]["correct"]) for e in seeds])))
+                for i, r in enumerate(first["decision"]["rows"])]
+    by_cat = _groups(mpc_rows, "category", lambda r: r["adaptability"])
+    overall = float(np.mean([np.mean(v) for v in by_cat.values()]))
+    oracle = _groups(mpc_rows, "category", lambda r: r.get("oracle_adaptability"))
+    pairs = _groups(mpc_rows, "category", lambda r: (r["adaptability"], r.get("oracle_adaptability")))
+    o_overall = (float(np.mean([np.mean(v) for v in oracle.values()]))
+                 if all(x is not None for v in oracle.values() for x in v) else None)
+    mpc = {"split": first["mpc"]["split"], "track": first["mpc"]["track"], "rows": mpc_rows,
+           "adaptability": {"overall": overall}, "adaptability_ci": {"overall": list(mean_of_means_ci(list(by_cat.values())))},
+           "fraction_of_oracle": overall / o_overall if o_overall else None,
+           "fraction_of_oracle_ci": list(ratio_of_mean_of_means_ci(list(pairs.values()))) if o_overall else None,
+           "parse_failure_rate": float(np.mean([e["mpc"]["parse_failure_rate"] for e in seeds])),
+           "crashes": sum(e["mpc"].get("crashes") or 0 for e in seeds) / n}
+    per_ins = _groups(dec_rows, "instruction", lambda r: r["correct"])
+    decision = {"rows": dec_rows, "accuracy": float(np.mean([r["correct"] for r in dec_rows])),
+                "accuracy_ci": list(mean_of_means_ci(list(per_ins.values())))}
+    walls = [e["train_wall_min"] for e in seeds if e["train_wall_min"]]
+    return {"name": f"{method} (mean of {n} seeds)", "method": method, "seeds": [e["name"] for e in seeds],
+            "dir": None, "onnx": None, "spec": first["spec"], "report": None, "mpc": mpc, "decision": decision,
+            "file_bytes": first["file_bytes"], "streamed_bytes": first["streamed_bytes"],
+            "train_wall_min": float(np.mean(walls)) if walls else None, "recipe": None}
+
+
+def with_seed_means(entries: list[dict]) -> list[dict]:
+    """``entries`` plus one seed-mean entry after the last seed of every method with two or more seeds."""
+    methods: dict[str, list[dict]] = {}
+    for e in entries:
+        methods.setdefault(e["method"], []).append(e)
+    out = []
+    for e in entries:
+        out.append(e)
+        group = methods[e["method"]]
+        if len(group) > 1 and e is group[-1]:
+            out.append(seed_mean(e["method"], group))
+    return out
 
 
 def paired_retention(model: dict, ref: dict) -> tuple[float, tuple[float, float]]:
@@ -106,6 +177,7 @@ def compare(entries: list[dict]) -> dict[str, Any]:
     ref = entries[0]
     cfg = PruneConfig()
     ref_prunable = prunable_parameters(ref["spec"], cfg)
+    entries = with_seed_means(entries)
     rows = []
     for e in entries:
         spec, mpc, dec = e["spec"], e["mpc"], e["decision"]
@@ -118,7 +190,8 @@ def compare(entries: list[dict]) -> dict[str, Any]:
                "adaptability_ci": mpc["adaptability_ci"]["overall"], "fraction_of_oracle": mpc["fraction_of_oracle"],
                "fraction_of_oracle_ci": mpc["fraction_of_oracle_ci"], "decision_accuracy": dec["accuracy"],
                "decision_accuracy_ci": dec["accuracy_ci"], "parse_failure_rate": mpc["parse_failure_rate"],
-               "crashes": mpc.get("crashes"), "split": mpc["split"], "track": mpc["track"]}
+               "crashes": mpc.get("crashes"), "split": mpc["split"], "track": mpc["track"],
+               "method": e["method"], "seeds": e.get("seeds")}
         if e is not ref:
             row["retention"], row["retention_ci"] = paired_retention(e, ref)
             row["decision_points"], row["decision_points_ci"] = paired_decision_points(e, ref)
@@ -129,9 +202,13 @@ def compare(entries: list[dict]) -> dict[str, Any]:
             row["streamed_bytes_ratio"] = ref["streamed_bytes"] / e["streamed_bytes"]
         rows.append(row)
     by_name = {r["name"]: r for r in rows}
-    pairs = []  # every pruned model against every smaller dense model (uniform layers, not the reference)
-    for p in (e for e in entries[1:] if not e["spec"].is_uniform):
-        for small in (e for e in entries[1:] if e["spec"].is_uniform):
+    # every pruned method against every smaller dense one (uniform layers, not the reference), at the method
+    # level: a method with several seeds by its seed mean, not by each seed
+    multi = {e["method"] for e in entries if e.get("seeds")}
+    level = [e for e in entries[1:] if e.get("seeds") or e["method"] not in multi]
+    pairs = []
+    for p in (e for e in level if not e["spec"].is_uniform):
+        for small in (e for e in level if e["spec"].is_uniform):
             kept, kept_ci = paired_retention(p, small)
             points, points_ci = paired_decision_points(p, small)
             mine, theirs = by_name[p["name"]]["removed_per_lost_point"], by_name[small["name"]]["removed_per_lost_point"]
@@ -180,7 +257,10 @@ def markdown(doc: dict, notes: list[str], command: str) -> str:
     lines = [f"# BPF on SmolLM2-135M: {doc['split']} split (track `{doc['track']}`)", "",
              f"Reference: `{doc['reference']}`. Intervals: 95 % {doc['bootstrap']['method']}, "
              f"{doc['bootstrap']['resamples']} resamples, seed {doc['bootstrap']['seed']}. Retention and decision "
-             "difference are paired (the same instructions and examples for both models).", "",
+             "difference are paired (the same instructions and examples for both models)."
+             + "".join(f" `{r['name']}`: every item's score averaged over {', '.join(f'`{x}`' for x in r['seeds'])}, "
+                       "then scored and bootstrapped over items like one model; the seed rows show the spread."
+                       for r in doc["rows"] if r.get("seeds")), "",
              "| model | params | prunable removed | whole model | file MiB | streamed MiB/token | train min (all stages) | "
              "adaptability [95 % CI] | of oracle | decision acc. | kept of reference | decision Δ points | "
              "removed / lost point |", "|" + "---|" * 13]

@@ -63,3 +63,62 @@ def test_bad_input_is_one_line_and_exit_2(report_module, capsys, tmp_path, args,
     err = capsys.readouterr().err
     assert rc == 2 and needle in err and err.count("\n") == 1
     assert not (tmp_path / "rep").exists()
+
+
+def test_seeds_of_one_method_get_a_mean_row_scored_as_edge_eval_scores_one_model(report_module, tmp_path):
+    """Two identical seeds: their mean row is exactly the model's own report (the per-item averaging
+    and the bootstrap reproduce edge-eval's scoring). A shifted second seed moves the mean by half the
+    shift, and the method-level pair uses the mean, not each seed."""
+    out = tmp_path / "rep"
+    assert report_module.main(["--model", f"dense={TINY / 'dense'}", "--model", f"p@0={TINY / 'pruned50'}",
+                               "--model", f"p@1={TINY / 'pruned50'}", "--report", "eval_test.json",
+                               "--out", str(out)]) == 0
+    doc = json.loads((out / "report.json").read_text())
+    names = [r["name"] for r in doc["rows"]]
+    assert names == ["dense", "p@0", "p@1", "p (mean of 2 seeds)"]
+    own = json.loads((TINY / "pruned50" / "eval_test.json").read_text())
+    mean = doc["rows"][3]
+    assert mean["seeds"] == ["p@0", "p@1"] and mean["method"] == "p"
+    assert mean["adaptability"] == pytest.approx(own["mpc"]["adaptability"]["overall"])
+    assert mean["adaptability_ci"] == pytest.approx(own["mpc"]["adaptability_ci"]["overall"])
+    assert mean["fraction_of_oracle"] == pytest.approx(own["mpc"]["fraction_of_oracle"])
+    assert mean["fraction_of_oracle_ci"] == pytest.approx(own["mpc"]["fraction_of_oracle_ci"])
+    assert mean["decision_accuracy"] == pytest.approx(own["decision"]["accuracy"])
+    assert mean["decision_accuracy_ci"] == pytest.approx(own["decision"]["accuracy_ci"])
+    assert mean["retention"] == pytest.approx(doc["rows"][1]["retention"])
+
+    # a second seed whose every instruction scores 0.2 higher and that gets every decision right
+    shifted = tmp_path / "p1"
+    shifted.mkdir()
+    for f in ("arch_spec.json", "train_summary.json"):
+        if (TINY / "pruned50" / f).is_file():
+            (shifted / f).write_bytes((TINY / "pruned50" / f).read_bytes())
+    (tmp_path / "p1.onnx").write_bytes((TINY / "pruned50.onnx").read_bytes())
+    report = json.loads(json.dumps(own))
+    for r in report["mpc"]["rows"]:
+        r["adaptability"] += 0.2
+    for r in report["decision"]["rows"]:
+        r["correct"] = True
+    (shifted / "eval_test.json").write_text(json.dumps(report))
+    out2 = tmp_path / "rep2"
+    assert report_module.main(["--model", f"dense={TINY / 'dense'}", "--model", f"p@0={TINY / 'pruned50'}",
+                               "--model", f"p@1={shifted}", "--model", f"small={TINY / 'small-dense'}",
+                               "--report", "eval_test.json", "--out", str(out2)]) == 0
+    doc = json.loads((out2 / "report.json").read_text())
+    mean = next(r for r in doc["rows"] if r["name"] == "p (mean of 2 seeds)")
+    assert mean["adaptability"] == pytest.approx(own["mpc"]["adaptability"]["overall"] + 0.1)
+    assert mean["decision_accuracy"] == pytest.approx((own["decision"]["accuracy"] + 1.0) / 2)
+    lo, hi = mean["adaptability_ci"]
+    assert lo <= mean["adaptability"] <= hi
+    assert [(p["pruned"], p["smaller_dense"]) for p in doc["pairs"]] == [("p (mean of 2 seeds)", "small")]
+    assert "| p (mean of 2 seeds) |" in (out2 / "report.md").read_text()
+
+
+@pytest.mark.parametrize("second, needle", [("pruned25", "different architecture"), ("", "NAME@SEED")])
+def test_seeds_must_share_an_architecture_and_be_named(report_module, capsys, tmp_path, second, needle):
+    models = ["--model", f"dense={TINY / 'dense'}", "--model", f"p@0={TINY / 'pruned50'}"]
+    models += ["--model", f"p@1={TINY / second}"] if second else ["--model", f"p@={TINY / 'pruned50'}"]
+    rc = report_module.main([*models, "--report", "eval_test.json", "--out", str(tmp_path / "rep")])
+    err = capsys.readouterr().err
+    assert rc == 2 and needle in err and err.count("\n") == 1
+    assert not (tmp_path / "rep").exists()
