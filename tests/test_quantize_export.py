@@ -275,6 +275,32 @@ def test_int4_with_an_8_bit_head(models, variants, fp32_files, workdir):
     assert variants["dense", "int4"].stat().st_size < out.stat().st_size < variants["dense", "int8"].stat().st_size
 
 
+def test_int4_fine_block_layers_get_the_small_blocks_and_only_they(models, fp32_files, workdir):
+    """fine_block_layers: those layers' projections in blocks of 16, every other one (and the head)
+    in blocks of 32; the record says so; it passes int4 parity."""
+    from edge_runtime.export.quantize import layer_of
+
+    out = workdir / "dense-int4-fine.onnx"
+    report = quantize_onnx(fp32_files["dense"], out, QuantizeConfig("int4", block_size=32, fine_block_layers=(1, 1)))
+    graph = onnx.load(str(out)).graph
+    sizes = {n.name: {a.name: a.i for a in n.attribute}["block_size"] for n in graph.node if n.op_type == "MatMulNBits"}
+    assert sorted(name for name, size in sizes.items() if size == 16) == sorted(
+        name for name in sizes if layer_of(name) == 1) and len(sizes) > 4
+    head = next(n.name for n in graph.node if n.op_type == "MatMulNBits" and n.output[0] == "logits")
+    assert sizes[head] == 32 and layer_of(head) is None
+    assert report.metadata["fine_block_layers"] == [1] and report.metadata["fine_block_size"] == 16
+    assert len(report.quantized) == len(sizes)
+    parity = check_parity(models["dense"], out, PROMPTS, BUDGET)
+    assert parity.variant == "int4" and all(d["logits_ok"] for d in parity.details), parity.summary()
+
+
+def test_layer_of_reads_both_graph_namings():
+    from edge_runtime.export.quantize import layer_of
+
+    assert layer_of("l12.qkv_nb/MatMul") == 12 and layer_of("/model/layers.3/mlp/down_proj/MatMul") == 3
+    assert layer_of("logits/MatMul") is None and layer_of("lm_head/MatMul") is None
+
+
 def test_int4_pads_a_k_that_is_not_a_block_multiple(fp32_files, workdir):
     report = quantize_onnx(fp32_files["pruned"], workdir / "pruned-int4-again.onnx", QuantizeConfig("int4"))
     assert [(k, padded) for _, k, padded in report.padded] == [(200, 224)]
@@ -318,6 +344,9 @@ def test_matmulnbits_padding_is_numerically_right():
     ({"kind": "int4", "accuracy_level": 7}, "accuracy_level"),
     ({"kind": "int4", "head_bits": 3}, "head_bits"),
     ({"kind": "int8", "int8_method": "dynamic", "head_bits": 8}, "head_bits"),
+    ({"kind": "int4", "fine_block_layers": (-1,)}, "layer indices"),
+    ({"kind": "int4", "fine_block_layers": (0,), "fine_block_size": 32}, "smaller than block_size"),
+    ({"kind": "int8", "int8_method": "dynamic", "fine_block_layers": (0,)}, "MatMulNBits"),
 ])
 def test_config_errors(kwargs, needle):
     with pytest.raises(QuantizeError, match=needle):
@@ -336,6 +365,8 @@ def test_quantize_errors(variants, workdir, tmp_path):
     onnx.save(bare, str(tmp_path / "bare.onnx"))
     with pytest.raises(QuantizeError, match="not an edge_runtime export"):
         quantize_onnx(tmp_path / "bare.onnx", tmp_path / "q.onnx", "int8")
+    with pytest.raises(QuantizeError, match=r"\[7\] are not layers of this model"):
+        quantize_onnx(variants["dense", "fp32"], tmp_path / "q.onnx", QuantizeConfig("int4", fine_block_layers=(0, 7)))
     with pytest.raises(QuantizeError, match="no known 'kind'"):
         quantization_of({QUANTIZATION_KEY: json.dumps({"kind": "int3"})})
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bare.onnx"]  # nothing half-written
@@ -370,6 +401,9 @@ def test_cli_quantize_end_to_end(models, tmp_path, capsys, args):
     (["--quantize", "int4", "--accuracy-level", "5"], "--accuracy-level"),
     (["--quantize", "int4", "--head-bits", "2"], "--head-bits"),
     (["--quantize", "int8", "--int8-method", "dynamic", "--head-bits", "8"], "head_bits"),
+    (["--quantize", "int4", "--fine-block-layers", "0,x"], "--fine-block-layers"),
+    (["--fine-block-layers", "0"], "--quantize option"),
+    (["--quantize", "int4", "--fine-block-size", "24"], "--fine-block-size"),
 ])
 def test_cli_quantize_bad_input_exit_2(models, tmp_path, capsys, args, needle):
     rc = cli.main([str(models["dense"]), "-o", str(tmp_path / "m.onnx"), *args])

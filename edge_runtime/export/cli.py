@@ -95,6 +95,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "models/tiny/pruned50) (default: %(default)s)")
     p.add_argument("--block-size", type=int, default=32, choices=BLOCK_SIZE_CHOICES,
                    help="MatMulNBits block size along K (int4, and int8 weight-only) (default: %(default)s)")
+    p.add_argument("--fine-block-layers", default="", metavar="I,J,...",
+                   help="decoder layers whose projections are quantized in --fine-block-size blocks instead of "
+                        "--block-size (MatMulNBits; e.g. the few layers that fail parity at the coarse size) "
+                        "(default: none)")
+    p.add_argument("--fine-block-size", type=int, default=16, choices=BLOCK_SIZE_CHOICES,
+                   help="block size of the --fine-block-layers (default: %(default)s)")
     p.add_argument("--accuracy-level", type=int, default=DEFAULT_ACCURACY_LEVEL, choices=(0, 1, 2, 3, 4),
                    metavar="{0..4}",
                    help="MatMulNBits compute precision: 4 multiplies in int8 (activations quantized per block: the "
@@ -179,6 +185,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exc:  # --help
         return int(exc.code or 0)
     model_dir, out = Path(args.model_dir), Path(args.out)
+    try:
+        fine_layers = tuple(int(x) for x in args.fine_block_layers.split(",") if x.strip())
+    except ValueError:
+        return _fail(f"--fine-block-layers must be comma-separated layer indices, got {args.fine_block_layers!r}")
+    if fine_layers and args.quantize is None:
+        return _fail("--fine-block-layers is a --quantize option")
     if args.quantize is not None and args.dtype != "fp32":
         return _fail(f"--quantize {args.quantize} starts from the fp32 graph; drop --dtype {args.dtype}")
     if not model_dir.is_dir():
@@ -258,7 +270,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 export_onnx(model_dir, tmp_fp32, dtype="fp32", opset=args.opset, **kv)
                 config = QuantizeConfig(args.quantize, int8_method=args.int8_method, block_size=args.block_size,
                                         accuracy_level=args.accuracy_level,
-                                        quantize_embedding=not args.float_embedding, head_bits=args.head_bits)
+                                        quantize_embedding=not args.float_embedding, head_bits=args.head_bits,
+                                        fine_block_layers=fine_layers, fine_block_size=args.fine_block_size)
                 quant = quantize_onnx(tmp_fp32, tmp, config)
             if args.logits == "last":
                 rewrite_file(tmp, tmp)

@@ -71,6 +71,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import tempfile
 import uuid
 from dataclasses import asdict, dataclass, field
@@ -111,7 +112,12 @@ class QuantizeConfig:
     bench/results/compare_throughput; GPU execution providers ignore the setting). ``quantize_embedding``: the embedding
     Gather reads a quantized table too (MatMulNBits methods; module docstring). ``head_bits``: the
     LM head's (and so a tied embedding's) bit width when it differs from the projections' -- 8 with
-    int4 keeps the 49152-wide vocabulary projection, the error every logit shares, at 8 bits."""
+    int4 keeps the 49152-wide vocabulary projection, the error every logit shares, at 8 bits.
+    ``fine_block_layers``: decoder layers whose projections get the smaller ``fine_block_size``
+    (twice the scales at 16 vs 32) while every other projection keeps ``block_size``: a model that
+    fails parity at the coarse size only because of a few sensitive layers then keeps most of the
+    coarse size's speed (``bench/results/compare_throughput_prefix``: a block size of 16 throughout
+    cost pruned50 most of its decode speed-up)."""
 
     kind: str
     int8_method: str = DEFAULT_INT8_METHOD
@@ -121,8 +127,18 @@ class QuantizeConfig:
     accuracy_level: int | None = 4  # DEFAULT_ACCURACY_LEVEL
     quantize_embedding: bool = True
     head_bits: int | None = None
+    fine_block_layers: tuple[int, ...] = ()
+    fine_block_size: int = 16
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "fine_block_layers", tuple(sorted(set(self.fine_block_layers))))
+        if any(isinstance(i, bool) or not isinstance(i, int) or i < 0 for i in self.fine_block_layers):
+            raise QuantizeError(f"fine_block_layers must be layer indices (ints >= 0), got {self.fine_block_layers!r}")
+        if self.fine_block_layers and (self.method != "matmul_nbits" or self.fine_block_size not in NBITS_BLOCK_SIZES
+                                       or self.fine_block_size >= self.block_size):
+            raise QuantizeError(f"fine_block_layers need a MatMulNBits method and a fine_block_size in "
+                                f"{', '.join(map(str, NBITS_BLOCK_SIZES))} smaller than block_size {self.block_size}, "
+                                f"got {self.fine_block_size!r}")
         if self.kind not in QUANTIZATIONS:
             raise QuantizeError(f"unknown quantization {self.kind!r}; use one of {', '.join(QUANTIZATIONS)}")
         if self.int8_method not in INT8_METHODS:
@@ -154,6 +170,8 @@ class QuantizeConfig:
             out.update(block_size=self.block_size, symmetric=self.symmetric, accuracy_level=self.accuracy_level,
                        activations="float32" if self.accuracy_level != 4 else "int8 (accuracy_level 4)",
                        quantize_embedding=self.quantize_embedding, head_bits=self.head_bits or self.bits)
+            if self.fine_block_layers:
+                out.update(fine_block_layers=list(self.fine_block_layers), fine_block_size=self.fine_block_size)
         return out
 
 
@@ -182,6 +200,19 @@ class QuantizeReport:
         d = asdict(self)
         d["config"] = asdict(self.config)
         return d
+
+
+_LAYER_PATTERNS = (re.compile(r"^l(\d+)\."), re.compile(r"layers\.(\d+)[./]"))
+
+
+def layer_of(node_name: str) -> int | None:
+    """The decoder layer a MatMul belongs to, from its node name: ``l3.qkv_nb/MatMul`` (the shared-cache
+    graph) or ``/model/layers.3/mlp/...`` (the traced graph); None for the LM head and anything else."""
+    for pattern in _LAYER_PATTERNS:
+        m = pattern.search(node_name)
+        if m:
+            return int(m.group(1))
+    return None
 
 
 def weight_matmuls(model) -> list[tuple[str, int, int]]:
@@ -251,12 +282,17 @@ def _run_nbits(model, dst: Path, config: QuantizeConfig, nodes: list[str],
     heads = [n.name for n in model.graph.node if n.op_type == "MatMul" and n.output and n.output[0] in outputs
              and n.name in nodes]
     head_bits = config.head_bits or config.bits
-    passes = [(config.bits, [n for n in nodes if n not in heads])]
+    fine = {n for n in nodes if n not in heads and layer_of(n) in config.fine_block_layers}
+    passes = [(config.bits, config.block_size, [n for n in nodes if n not in heads and n not in fine])]
+    if fine:
+        passes.append((config.bits, config.fine_block_size, sorted(fine)))
     if heads:
-        passes.append((head_bits, heads))
-    for bits, include in passes:
+        passes.append((head_bits, config.block_size, heads))
+    for bits, block_size, include in passes:
+        if not include:
+            continue
         skip = [n.name for n in model.graph.node if n.op_type == "MatMul" and n.name not in include]
-        quantizer = MatMulNBitsQuantizer(model, bits=bits, block_size=config.block_size,
+        quantizer = MatMulNBitsQuantizer(model, bits=bits, block_size=block_size,
                                          is_symmetric=config.symmetric, accuracy_level=config.accuracy_level,
                                          nodes_to_exclude=skip, op_types_to_quantize=("MatMul",))
         quantizer.process()
@@ -309,6 +345,12 @@ def quantize_onnx(src: str | os.PathLike, dst: str | os.PathLike, config: Quanti
     if not matmuls:
         raise QuantizeError(f"{src}: no MatMul with a constant 2-D weight to quantize")
     names = [name for name, _, _ in matmuls]
+    layers = sorted({i for i in map(layer_of, names) if i is not None})
+    missing = set(config.fine_block_layers) - set(layers)
+    if missing:
+        span = f"{layers[0]}..{layers[-1]}" if layers else "none found"
+        raise QuantizeError(f"fine_block_layers {sorted(missing)} are not layers of this model (its projections "
+                            f"are in layers {span})")
     padded = []
     if config.method == "matmul_nbits":
         bs = config.block_size
