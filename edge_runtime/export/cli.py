@@ -95,7 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "models/tiny/pruned50) (default: %(default)s)")
     p.add_argument("--block-size", type=int, default=32, choices=BLOCK_SIZE_CHOICES,
                    help="MatMulNBits block size along K (int4, and int8 weight-only) (default: %(default)s)")
-    p.add_argument("--fine-block-layers", default="", metavar="I,J,...",
+    p.add_argument("--fine-block-layers", default=None, metavar="I,J,...",
                    help="decoder layers whose projections are quantized in --fine-block-size blocks instead of "
                         "--block-size (MatMulNBits; e.g. the few layers that fail parity at the coarse size) "
                         "(default: none)")
@@ -186,7 +186,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(exc.code or 0)
     model_dir, out = Path(args.model_dir), Path(args.out)
     try:
-        fine_layers = tuple(int(x) for x in args.fine_block_layers.split(",") if x.strip())
+        fine_layers = tuple(int(x) for x in (args.fine_block_layers or "").split(",") if x.strip())
     except ValueError:
         return _fail(f"--fine-block-layers must be comma-separated layer indices, got {args.fine_block_layers!r}")
     if fine_layers and args.quantize is None:
