@@ -77,6 +77,10 @@ class Adapter:
         """(text, tokens emitted) of a greedy answer that stops at EOS."""
         ids = self.encode(prompt)
         self.reset()
+        return self._greedy(ids, budget)
+
+    def _greedy(self, ids: list[int], budget: int) -> tuple[str, int]:
+        """Append ``ids`` after what the runtime holds, then greedy to EOS or ``budget`` tokens."""
         token = int(np.argmax(self.append(ids)))
         out = [token]
         while token != self.eos_id and len(out) < budget:
@@ -268,6 +272,7 @@ class LlamaCppAdapter(Adapter):
         self.eos_id = int(self.llm.token_eos())
         self._n_vocab = int(self.llm.n_vocab())
         self.chat_format = self._fallback_chat_format(self.path.parent)
+        self.reuse_prefix = False  # use_prompt_prefix_cache() turns on llama-cpp-python's prefix reuse
 
     def info(self) -> dict[str, Any]:
         return {"parameters": None, "file_bytes": self.path.stat().st_size, "dtype": "see the GGUF file",
@@ -285,19 +290,14 @@ class LlamaCppAdapter(Adapter):
         ``generate`` / ``create_completion`` do for a user): the KV entries of the longest run of
         leading ids the prompt shares with what the context holds (the previous prompt and answer)
         are kept, and only the rest of the prompt is evaluated -- the last prompt token always."""
-        if not getattr(self, "reuse_prefix", False):
+        if not self.reuse_prefix:
             return super().answer(prompt, budget, constrained)
         from edge_runtime.decoding.step_api import common_prefix_length
 
         ids = self.encode(prompt)
         held = self.llm.input_ids[: self.llm.n_tokens].tolist()
         self.llm.n_tokens = common_prefix_length(held, ids[:-1])  # eval drops the KV entries past n_tokens
-        token = int(np.argmax(self.append(ids[self.llm.n_tokens:])))
-        out = [token]
-        while token != self.eos_id and len(out) < budget:
-            token = int(np.argmax(self.append([token])))
-            out.append(token)
-        return self.decode(out), len(out)
+        return self._greedy(ids[self.llm.n_tokens:], budget)
 
     def encode(self, prompt: str) -> list[int]:
         return list(self.llm.tokenize(self.chat_format.render(prompt).encode("utf-8"), add_bos=False, special=True))
