@@ -5,7 +5,9 @@
 
 Each ``--model NAME=DIR`` is a card directory (``arch_spec.json``, ``train_summary.json``, the
 ``edge-eval --json`` report named by ``--report``) with its vehicle file beside it as
-``DIR.onnx``; the first is the reference. Per model: parameters, prunable parameters removed (the
+``DIR.onnx`` -- or, where that file is not kept, the record ``DIR/vehicle_file.json`` that
+``--record-vehicle-files`` wrote from it (its size and streamed bytes; the scores never need the
+file, only the report); the first is the reference. Per model: parameters, prunable parameters removed (the
 planner's definition: attention and MLP of the prunable layers), whole-model reduction, streamed
 weight bytes per decode step, training wall time, and the report's scores with their intervals.
 Against the reference, **paired** on the same instructions and examples: the share of the
@@ -40,6 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import streamed_weight_bytes  # noqa: E402
 from edge_runtime.contracts.arch_spec import ArchSpec  # noqa: E402
+from edge_runtime.deploy.manifest import sha256_file  # noqa: E402
 from edge_runtime.prune.config import PruneConfig, prunable_parameters  # noqa: E402
 from edge_runtime.tasks.stats import (DEFAULT_BOOTSTRAP, mean_of_means_ci,  # noqa: E402
                                       ratio_of_mean_of_means_ci, stratified_bootstrap)
@@ -52,9 +55,36 @@ class ReportError(ValueError):
     """A model directory or report that cannot be compared (one line, exit 2)."""
 
 
+VEHICLE_RECORD = "vehicle_file.json"
+
+
+def vehicle_file_record(onnx_path: Path) -> dict[str, Any]:
+    """What the report needs of a vehicle file, measured on it. Why a record: the ONNX files of the
+    unshipped baselines are 85 MB each and are not kept between sessions, yet a report re-made with a
+    new seed must still show their size; the record names the file's hash so it stays traceable."""
+    return {"file": onnx_path.name, "sha256": sha256_file(onnx_path), "file_bytes": onnx_path.stat().st_size,
+            "streamed_bytes": streamed_weight_bytes(onnx_path)}
+
+
+def _vehicle_file(directory: Path, onnx_path: Path, report_name: str) -> dict[str, Any]:
+    if onnx_path.is_file():
+        return {"onnx": str(onnx_path), "file_bytes": onnx_path.stat().st_size,
+                "streamed_bytes": streamed_weight_bytes(onnx_path)}
+    record_path = directory / VEHICLE_RECORD
+    if not record_path.is_file():
+        raise ReportError(f"{onnx_path}: missing (a --model DIR needs arch_spec.json, {report_name} and DIR.onnx "
+                          f"or its {VEHICLE_RECORD})")
+    try:
+        record = json.loads(record_path.read_text())
+        file_bytes, streamed = int(record["file_bytes"]), int(record["streamed_bytes"])
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+        raise ReportError(f"{record_path}: not a vehicle-file record ({exc}); re-write it with --record-vehicle-files") from None
+    return {"onnx": str(record_path), "file_bytes": file_bytes, "streamed_bytes": streamed}
+
+
 def load_entry(name: str, directory: Path, report_name: str) -> dict[str, Any]:
     spec_path, report_path, onnx_path = directory / "arch_spec.json", directory / report_name, directory.with_suffix(".onnx")
-    for path in (spec_path, report_path, onnx_path):
+    for path in (spec_path, report_path):
         if not path.is_file():
             raise ReportError(f"{path}: missing (a --model DIR needs arch_spec.json, {report_name} and DIR.onnx)")
     try:
@@ -62,6 +92,7 @@ def load_entry(name: str, directory: Path, report_name: str) -> dict[str, Any]:
         mpc, decision = report["mpc"], report["decision"]
     except (json.JSONDecodeError, KeyError) as exc:
         raise ReportError(f"{report_path}: not an edge-eval --json report ({exc})") from None
+    vehicle = _vehicle_file(directory, onnx_path, report_name)
     summary_path = directory / "train_summary.json"
     summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
     wall = summary.get("wall_time_s")
@@ -72,10 +103,9 @@ def load_entry(name: str, directory: Path, report_name: str) -> dict[str, Any]:
     method, at, seed = name.partition("@")
     if at and (not method or not seed):
         raise ReportError(f"--model {name}={directory}: a seed is marked NAME@SEED")
-    return {"name": name, "method": method, "dir": str(directory), "onnx": str(onnx_path), "spec": ArchSpec.load(spec_path),
-            "report": report, "mpc": mpc, "decision": decision, "file_bytes": onnx_path.stat().st_size,
-            "streamed_bytes": streamed_weight_bytes(onnx_path), "train_wall_min": wall / 60 if wall else None,
-            "recipe": summary.get("command")}
+    return {"name": name, "method": method, "dir": str(directory), "spec": ArchSpec.load(spec_path),
+            "report": report, "mpc": mpc, "decision": decision, **vehicle,
+            "train_wall_min": wall / 60 if wall else None, "recipe": summary.get("command")}
 
 
 def _groups(rows: list[dict], key: str, value) -> dict[str, list]:
@@ -316,6 +346,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--report", default="eval_test_onnx.json", help="the edge-eval report in each DIR (default: %(default)s)")
     p.add_argument("--note", action="append", default=[], help="a line for the report's notes (repeatable)")
     p.add_argument("--out", default="bench/results/bpf/smollm2", help="output folder (default: %(default)s)")
+    p.add_argument("--record-vehicle-files", action="store_true",
+                   help=f"also write DIR/{VEHICLE_RECORD} (size, streamed bytes, sha256) for every DIR whose DIR.onnx "
+                        "is here, so the report can be re-made once the file is gone")
     args = p.parse_args(argv)
     try:
         entries = []
@@ -324,6 +357,10 @@ def main(argv: list[str] | None = None) -> int:
             if not sep or not name or not directory:
                 raise ReportError(f"--model {item!r}: expected NAME=DIR")
             entries.append(load_entry(name, Path(directory), args.report))
+            onnx_path = Path(directory).with_suffix(".onnx")
+            if args.record_vehicle_files and onnx_path.is_file():
+                record = json.dumps(vehicle_file_record(onnx_path), indent=1) + "\n"
+                (Path(directory) / VEHICLE_RECORD).write_text(record)
         if len(entries) < 2:
             raise ReportError("--model: give the reference and at least one model to compare with it")
         doc = compare(entries)

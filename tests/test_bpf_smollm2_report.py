@@ -122,3 +122,45 @@ def test_seeds_must_share_an_architecture_and_be_named(report_module, capsys, tm
     err = capsys.readouterr().err
     assert rc == 2 and needle in err and err.count("\n") == 1
     assert not (tmp_path / "rep").exists()
+
+
+def _copy_card(src: Path, dst: Path) -> Path:
+    dst.mkdir()
+    for f in src.iterdir():
+        if f.is_file():
+            (dst / f.name).write_bytes(f.read_bytes())
+    return dst
+
+
+def test_a_vehicle_file_record_stands_in_for_a_file_that_is_gone(report_module, tmp_path):
+    """--record-vehicle-files measures DIR.onnx into DIR/vehicle_file.json; once the file is deleted the
+    report reads the record and shows the same size and streamed bytes as when the file was there."""
+    ref = _copy_card(TINY / "dense", tmp_path / "dense")
+    (tmp_path / "dense.onnx").write_bytes((TINY / "dense.onnx").read_bytes())
+    card = _copy_card(TINY / "pruned50", tmp_path / "p")
+    onnx = tmp_path / "p.onnx"
+    onnx.write_bytes((TINY / "pruned50.onnx").read_bytes())
+    args = ["--model", f"dense={ref}", "--model", f"p={card}", "--report", "eval_test.json"]
+    assert report_module.main([*args, "--record-vehicle-files", "--out", str(tmp_path / "with")]) == 0
+    record = json.loads((card / "vehicle_file.json").read_text())
+    assert record["file_bytes"] == onnx.stat().st_size and record["file"] == "p.onnx"
+    assert len(record["sha256"]) == 64 and record["streamed_bytes"] > 0
+    assert (ref / "vehicle_file.json").is_file()  # every DIR with its DIR.onnx beside it
+    onnx.unlink()
+    assert report_module.main([*args, "--out", str(tmp_path / "without")]) == 0
+    with_file, without = (json.loads((tmp_path / d / "report.json").read_text())["rows"][1] for d in ("with", "without"))
+    assert without["file_mib"] == with_file["file_mib"] and without["streamed_mib_per_token"] == with_file["streamed_mib_per_token"]
+    assert without["streamed_bytes_ratio"] == with_file["streamed_bytes_ratio"]
+
+
+@pytest.mark.parametrize("record, needle", [(None, "vehicle_file.json)"), ("{not json", "not a vehicle-file record"),
+                                            ('{"file_bytes": 1}', "not a vehicle-file record")])
+def test_a_missing_or_bad_vehicle_record_is_one_line_and_exit_2(report_module, capsys, tmp_path, record, needle):
+    card = _copy_card(TINY / "pruned50", tmp_path / "p")
+    if record is not None:
+        (card / "vehicle_file.json").write_text(record)
+    rc = report_module.main(["--model", f"dense={TINY / 'dense'}", "--model", f"p={card}", "--report", "eval_test.json",
+                             "--out", str(tmp_path / "rep")])
+    err = capsys.readouterr().err
+    assert rc == 2 and needle in err and err.count("\n") == 1
+    assert not (tmp_path / "rep").exists()
