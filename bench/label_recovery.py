@@ -7,8 +7,8 @@ line (``edge_runtime.tasks.prompts``). A model can only learn the labelling rule
 recomputed from that text. For every split this script generates a seeded decision set
 (``generate_decision_dataset``, ``--per-instruction`` examples per instruction, the split's own
 track), builds each prompt, reads the table back and applies the rules of
-``edge_runtime.tasks.decision.LabelThresholds`` to it with the same helpers as
-``tests/test_prompts.py`` (``parse_history_text``, ``rules_from_text``), and counts how often the
+``edge_runtime.tasks.decision.LabelThresholds`` to it with the reader the prompt tests
+use (``edge_runtime.tasks.history_reader``), and counts how often the
 result equals the true label (computed on every recorded sample). Besides the prompt's own row
 step (``HISTORY_STEP_S``) other ``--steps`` are measured by swapping the table in the same prompt,
 with the prompt length in characters and, when ``models/tiny/dense/tokenizer.json`` exists, in tokens.
@@ -22,7 +22,6 @@ import argparse
 import json
 import platform
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -30,12 +29,11 @@ from typing import Any
 import numpy as np
 
 from edge_runtime.tasks.decision import generate_decision_dataset
+from edge_runtime.tasks.history_reader import rules_from_text
 from edge_runtime.tasks.instructions import instruction_set
 from edge_runtime.tasks.prompts import HISTORY_STEP_S, build_decision_prompt, build_mpc_prompt, history_text
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests"))
-from test_prompts import rules_from_text  # noqa: E402  (the test's reader of the prompt text)
 
 SPLITS = ("train", "validation", "test")
 TOKENIZER = REPO / "models" / "tiny" / "dense" / "tokenizer.json"
@@ -133,8 +131,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--out", default=str(REPO / "bench" / "results" / "label_recovery.md"),
                     help="markdown result file (a .json file next to it holds the raw numbers)")
     args = ap.parse_args(argv)
-    if args.per_instruction < 2:
-        ap.error("--per-instruction must be at least 2 (one True and one False example per instruction)")
+    if args.per_instruction < 2 or args.per_instruction % 2:
+        ap.error("--per-instruction must be even and at least 2 (half True, half False examples per instruction)")
     t0 = time.perf_counter()
     res = measure(args.per_instruction, args.seed, args.steps)
     out = Path(args.out)

@@ -12,8 +12,8 @@ import pytest
 
 from edge_runtime.contracts.answer_format import PROMPT_VERSION
 from edge_runtime.control.params import PARAM_NAMES, PARAM_SPECS
-from edge_runtime.tasks.decision import (DEFAULT_THRESHOLDS, DecisionInstruction, StateHistory, _sign_changes,
-                                         generate_decision_dataset)
+from edge_runtime.tasks.decision import StateHistory, generate_decision_dataset
+from edge_runtime.tasks.history_reader import parse_history_text, rules_from_text
 from edge_runtime.tasks.instructions import instruction_set
 from edge_runtime.tasks.prompts import (DECISION_CUE, HISTORY_STEP_S, MPC_CUE, PARAM_TABLE, SHORT_MEANINGS,
                                         PromptContext, build_decision_prompt, build_mpc_prompt, history_text)
@@ -94,43 +94,6 @@ def test_instruction_is_one_line_and_required():
 # ---------------------------------------------------------------------------------------------
 # Decision prompt: a hand-made history and the rules recomputed from the text
 # ---------------------------------------------------------------------------------------------
-def parse_history_text(prompt: str) -> tuple[dict[str, np.ndarray], bool]:
-    """Read the compact history back: columns in SI units and the crashed flag."""
-    lines = prompt.split("\n")
-    header = lines[1].split()
-    rows = []
-    for line in lines[2:]:
-        if line.startswith("Summary: "):
-            continue
-        if line.startswith("Crashed: "):
-            crashed = {"yes": True, "no": False}[line.split(": ")[1]]
-            break
-        rows.append([int(x) / 100.0 for x in line.split()])
-    table = np.array(rows)
-    return {name: table[:, i] for i, name in enumerate(header)}, crashed
-
-
-def rules_from_text(prompt: str, ins: DecisionInstruction) -> bool:
-    """The rules of decision.LabelThresholds, applied to what the prompt shows."""
-    t = DEFAULT_THRESHOLDS
-    cols, crashed = parse_history_text(prompt)
-    if crashed:
-        return False
-    v, d = cols["v"], cols["d"]
-    forward = v.mean() > t.forward_speed
-    return {
-        DecisionInstruction.DONT_MOVE: lambda: np.abs(v).max() < t.still_speed,
-        DecisionInstruction.REVERSE: lambda: v.mean() < t.reverse_speed,
-        DecisionInstruction.DRIVE_FORWARD: lambda: forward,
-        DecisionInstruction.OSCILLATE: lambda: (_sign_changes(d - d.mean(), t.oscillation_band)
-                                                >= t.oscillation_crossings and np.ptp(d) > t.oscillation_p2p),
-        DecisionInstruction.LEFT_WALL: lambda: forward and cols["wl"].mean() < t.left_wall_distance,
-        DecisionInstruction.CENTRELINE: lambda: forward and np.sqrt(np.mean(d ** 2)) < t.centreline_rms,
-        DecisionInstruction.FASTER_THAN_3: lambda: v.mean() > t.fast_speed,
-        DecisionInstruction.RACING_LINE: lambda: forward and np.sqrt(np.mean(cols["dr"] ** 2)) < t.racing_line_rms,
-    }[ins]()
-
-
 def _history(n: int = 30, crashed_at: int | None = None, race: bool = True) -> StateHistory:
     k = np.arange(n)
     v = 1.0 + 0.05 * k  # 1.00 ... 2.45 m/s
