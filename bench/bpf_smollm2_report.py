@@ -324,15 +324,22 @@ def plot(doc: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for r in doc["rows"]:
+    # One column per row of the table, with its size in the label: the pruned models and the smaller
+    # dense model have the same parameter count, so on a parameter axis their points and labels overlap.
+    rows = doc["rows"]
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.1 * len(rows)), 4.5))
+    for x, r in enumerate(rows):
         lo, hi = r["adaptability_ci"]
-        ax.errorbar(r["parameters"] / 1e6, r["adaptability"], yerr=[[r["adaptability"] - lo], [hi - r["adaptability"]]],
-                    fmt="o", capsize=4)
-        ax.annotate(r["name"], (r["parameters"] / 1e6, r["adaptability"]), textcoords="offset points", xytext=(6, 6))
-    ax.set_xlabel("parameters (M)")
+        mean_row = bool(r.get("seeds"))
+        ax.errorbar(x, r["adaptability"], yerr=[[r["adaptability"] - lo], [hi - r["adaptability"]]],
+                    fmt="s" if mean_row else "o", capsize=4, color="black" if mean_row else f"C{x}",
+                    alpha=0.6 if "@" in r["name"] else 1.0)  # one seed of several: lighter
+    ax.axhline(0.0, color="grey", lw=0.8, ls="--")
+    ax.set_xticks(range(len(rows)), [f"{r['name'].replace(' (mean of ', chr(10) + '(mean of ')}\n{r['parameters'] / 1e6:.1f} M"
+                                     for r in rows], fontsize=8)
     ax.set_ylabel(f"control adaptability, {doc['split']} split (95 % CI)")
-    ax.set_title("SmolLM2-135M: score vs size")
+    ax.set_title("SmolLM2-135M: control adaptability by model\n(0: the default MPC parameters; squares: means over seeds)",
+                 fontsize=10)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
