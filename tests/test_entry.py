@@ -18,6 +18,8 @@ SCRIPTS = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scrip
 # raises KeyboardInterrupt there, exactly as a Ctrl-C during a slow import does.
 INTERRUPT_WHILE_LOADING = """
 import importlib.abc, os, signal, sys
+# as at a terminal: a background job (nohup, CI) starts with SIGINT ignored, and Python then keeps it so
+signal.signal(signal.SIGINT, signal.default_int_handler)
 class InterruptOnLoad(importlib.abc.MetaPathFinder):
     def find_spec(self, name, path, target=None):
         if name == {module!r}:
