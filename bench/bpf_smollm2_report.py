@@ -58,12 +58,14 @@ class ReportError(ValueError):
 VEHICLE_RECORD = "vehicle_file.json"
 
 
-def vehicle_file_record(onnx_path: Path) -> dict[str, Any]:
-    """What the report needs of a vehicle file, measured on it. Why a record: the ONNX files of the
-    unshipped baselines are 85 MB each and are not kept between sessions, yet a report re-made with a
-    new seed must still show their size; the record names the file's hash so it stays traceable."""
-    return {"file": onnx_path.name, "sha256": sha256_file(onnx_path), "file_bytes": onnx_path.stat().st_size,
-            "streamed_bytes": streamed_weight_bytes(onnx_path)}
+def vehicle_file_record(entry: dict[str, Any]) -> dict[str, Any]:
+    """What the report needs of a vehicle file, as ``load_entry`` measured it, plus its hash. Why a
+    record: the ONNX files of the unshipped baselines are 85 MB each and are not kept between
+    sessions, yet a report re-made with a new seed must still show their size; the hash keeps the
+    record traceable to the file it was measured on."""
+    onnx_path = Path(entry["onnx"])
+    return {"file": onnx_path.name, "sha256": sha256_file(onnx_path), "file_bytes": entry["file_bytes"],
+            "streamed_bytes": entry["streamed_bytes"]}
 
 
 def _vehicle_file(directory: Path, onnx_path: Path, report_name: str) -> dict[str, Any]:
@@ -364,9 +366,8 @@ def main(argv: list[str] | None = None) -> int:
             if not sep or not name or not directory:
                 raise ReportError(f"--model {item!r}: expected NAME=DIR")
             entries.append(load_entry(name, Path(directory), args.report))
-            onnx_path = Path(directory).with_suffix(".onnx")
-            if args.record_vehicle_files and onnx_path.is_file():
-                record = json.dumps(vehicle_file_record(onnx_path), indent=1) + "\n"
+            if args.record_vehicle_files and entries[-1]["onnx"].endswith(".onnx"):  # measured on the file itself
+                record = json.dumps(vehicle_file_record(entries[-1]), indent=1) + "\n"
                 (Path(directory) / VEHICLE_RECORD).write_text(record)
         if len(entries) < 2:
             raise ReportError("--model: give the reference and at least one model to compare with it")

@@ -16,29 +16,32 @@ from typing import Callable
 EXIT_INTERRUPTED = 130
 
 
-def _entry(module: str, command: str) -> Callable[[], int]:
+#: each console script and the module (under ``edge_runtime.``) whose ``main`` it runs
+COMMANDS = {"edge-task": "tasks.cli", "edge-run": "runtime.cli", "edge-train": "train.cli",
+            "edge-eval": "evaluation.cli", "edge-export": "export.cli", "edge-report": "report.cli",
+            "edge-deploy": "deploy.cli"}
+
+
+def _entry(command: str) -> Callable[[], int]:
+    module = f"edge_runtime.{COMMANDS[command]}"
+
     def run() -> int:
         try:
-            main = importlib.import_module(f"edge_runtime.{module}").main
+            main = importlib.import_module(module).main
         except KeyboardInterrupt:
             print(f"{command}: interrupted while starting; nothing was run", file=sys.stderr)
             return EXIT_INTERRUPTED
         return main()
 
     run.__name__ = run.__qualname__ = command.replace("-", "_")
-    run.__doc__ = f"``{command}``: ``edge_runtime.{module}.main`` once its module has loaded."
+    run.__doc__ = f"``{command}``: ``{module}.main`` once its module has loaded."
     return run
 
 
-#: each console script and the module (under ``edge_runtime.``) whose ``main`` it runs
-COMMANDS = {"edge-task": "tasks.cli", "edge-run": "runtime.cli", "edge-train": "train.cli",
-            "edge-eval": "evaluation.cli", "edge-export": "export.cli", "edge-report": "report.cli",
-            "edge-deploy": "deploy.cli"}
-
-edge_task = _entry(COMMANDS["edge-task"], "edge-task")
-edge_run = _entry(COMMANDS["edge-run"], "edge-run")
-edge_train = _entry(COMMANDS["edge-train"], "edge-train")
-edge_eval = _entry(COMMANDS["edge-eval"], "edge-eval")
-edge_export = _entry(COMMANDS["edge-export"], "edge-export")
-edge_report = _entry(COMMANDS["edge-report"], "edge-report")
-edge_deploy = _entry(COMMANDS["edge-deploy"], "edge-deploy")
+edge_task = _entry("edge-task")
+edge_run = _entry("edge-run")
+edge_train = _entry("edge-train")
+edge_eval = _entry("edge-eval")
+edge_export = _entry("edge-export")
+edge_report = _entry("edge-report")
+edge_deploy = _entry("edge-deploy")
