@@ -205,6 +205,12 @@ def paired_decision_points(model: dict, ref: dict) -> tuple[float, tuple[float, 
     return float(np.mean(diffs)), ci
 
 
+#: A pruned model and a smaller dense model are compared when their parameter counts differ by at
+#: most this share of the pruned one's: the question is which of two models of one size drives better,
+#: and a 25 % pruned model has no smaller dense counterpart in the comparison.
+SAME_SIZE = 0.05
+
+
 def compare(entries: list[dict]) -> dict[str, Any]:
     ref = entries[0]
     cfg = PruneConfig()
@@ -234,13 +240,15 @@ def compare(entries: list[dict]) -> dict[str, Any]:
             row["streamed_bytes_ratio"] = ref["streamed_bytes"] / e["streamed_bytes"]
         rows.append(row)
     by_name = {r["name"]: r for r in rows}
-    # every pruned method against every smaller dense one (uniform layers, not the reference), at the method
-    # level: a method with several seeds by its seed mean, not by each seed
+    # every pruned method against every smaller dense one of its size (uniform layers, not the reference), at
+    # the method level: a method with several seeds by its seed mean, not by each seed
     multi = {e["method"] for e in entries if e.get("seeds")}
     level = [e for e in entries[1:] if e.get("seeds") or e["method"] not in multi]
     pairs = []
     for p in (e for e in level if not e["spec"].is_uniform):
-        for small in (e for e in level if e["spec"].is_uniform):
+        size = p["spec"].num_parameters()
+        for small in (e for e in level if e["spec"].is_uniform
+                      and abs(e["spec"].num_parameters() - size) <= SAME_SIZE * size):
             kept, kept_ci = paired_retention(p, small)
             points, points_ci = paired_decision_points(p, small)
             mine, theirs = by_name[p["name"]]["removed_per_lost_point"], by_name[small["name"]]["removed_per_lost_point"]

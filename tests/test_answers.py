@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from edge_runtime.control.params import DEFAULT_PARAMS, PARAM_NAMES, PARAM_SPECS, MPCParams, ParameterError
-from edge_runtime.tasks.answers import (DecisionParse, MPCParse, ParseFailure, count_failures, extract_answer_block,
+from edge_runtime.tasks.answers import (DecisionParse, answer_choice, MPCParse, ParseFailure, count_failures, extract_answer_block,
                                         format_decision_answer, format_mpc_answer, format_number,
                                         parse_decision_answer, parse_mpc_answer)
 
@@ -351,3 +351,15 @@ def test_count_failures():
     assert list(count_failures(parses)) == ["no_answer_tag", "not_an_object", "bad_value"]  # enum order
     assert count_failures([parse_mpc_answer(DEFAULT_ANSWER)]) == {}
     assert count_failures(iter([])) == {}
+
+
+def test_answer_choice_is_what_an_answer_decides_without_its_numbers():
+    reverse = 'Reason: drive backwards.\n<answer>{"v_max": -1, "a_min": -16.3, "v_min": -1}</answer>'
+    assert answer_choice(reverse) == ("a_min", "v_max", "v_min")  # sorted names, numbers dropped
+    assert answer_choice('<answer>{"a_min": -2, "v_min": -3, "v_max": -0.5}</answer>') == answer_choice(reverse)
+    assert answer_choice('<answer>{"a_max": 10.7, "v_max": 2.31}</answer>') != answer_choice(reverse)
+    assert answer_choice("<answer>{\"v_max\": 99}</answer>") == ("v_max",)  # out of range: still that choice
+    assert answer_choice("<answer>True</answer>") is True and answer_choice("<answer> false </answer>") is False
+    for unparsed in ("no tags", "<answer>{\"v_max\": 2", "<answer>{\"speed\": 2}</answer>", "<answer>maybe</answer>",
+                     '<answer>{"v_min": 3, "v_max": 1}</answer>'):
+        assert answer_choice(unparsed) is None, unparsed

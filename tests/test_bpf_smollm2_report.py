@@ -42,15 +42,11 @@ def test_a_model_against_itself_keeps_everything_and_the_pruned_one_is_compared_
     assert pruned["decision_points"] == pytest.approx(100 * (own["decision"]["accuracy"] - ref["decision"]["accuracy"]))
     lo, hi = pruned["retention_ci"]
     assert lo <= pruned["retention"] <= hi
-    # the pruned model against every uniform non-reference model (here the reference's copy): the same pairing
-    (pair,) = doc["pairs"]
-    assert pair["pruned"] == "pruned50" and pair["smaller_dense"] == "same"
-    assert pair["retention"] == pytest.approx(pruned["retention"])
-    assert pair["decision_points"] == pytest.approx(pruned["decision_points"])
-    assert pair["tradeoff_ratio"] is None  # "same" loses nothing: its metric is unbounded
+    # a pruned model is compared with the uniform models of its size only: "same" is the reference's size
+    assert doc["pairs"] == []
     md = (out / "report.md").read_text()
     assert "| pruned50 |" in md and "## Verdict" in md and "NOT met" in md
-    assert "against the smaller dense `same`" in md
+    assert "against the smaller dense" not in md
     assert (out / "score_vs_params.png").read_bytes()[:4] == b"\x89PNG"
 
 
@@ -103,6 +99,7 @@ def test_seeds_of_one_method_get_a_mean_row_scored_as_edge_eval_scores_one_model
     out2 = tmp_path / "rep2"
     assert report_module.main(["--model", f"dense={TINY / 'dense'}", "--model", f"p@0={TINY / 'pruned50'}",
                                "--model", f"p@1={shifted}", "--model", f"small={TINY / 'small-dense'}",
+                               "--model", f"p25={TINY / 'pruned25'}",
                                "--report", "eval_test.json", "--out", str(out2)]) == 0
     doc = json.loads((out2 / "report.json").read_text())
     mean = next(r for r in doc["rows"] if r["name"] == "p (mean of 2 seeds)")
@@ -110,7 +107,11 @@ def test_seeds_of_one_method_get_a_mean_row_scored_as_edge_eval_scores_one_model
     assert mean["decision_accuracy"] == pytest.approx((own["decision"]["accuracy"] + 1.0) / 2)
     lo, hi = mean["adaptability_ci"]
     assert lo <= mean["adaptability"] <= hi
+    # p25 is 14 % larger than small: not its size, so not paired with it
     assert [(p["pruned"], p["smaller_dense"]) for p in doc["pairs"]] == [("p (mean of 2 seeds)", "small")]
+    (pair,) = doc["pairs"]
+    small = next(r for r in doc["rows"] if r["name"] == "small")  # its adaptability is negative: no retention
+    assert pair["decision_points"] == pytest.approx(100 * (mean["decision_accuracy"] - small["decision_accuracy"]))
     assert "| p (mean of 2 seeds) |" in (out2 / "report.md").read_text()
 
 

@@ -381,3 +381,18 @@ def test_cli_external_data_is_an_onnx_option(pruned_dir, tmp_path, capsys):
     rc = cli.main([str(pruned_dir), "-o", str(tmp_path / "m.gguf"), "--external-data"])
     err = capsys.readouterr().err
     assert rc == 2 and "--external-data" in err and err.count("\n") == 1
+
+
+def test_parity_prompts_check_every_category_in_turn():
+    """Every second instruction used to skip a whole category (racing_line): a quantization that
+    breaks one category alone would then never be looked at."""
+    instructions = instruction_set("validation")
+    by_prompt = {build_mpc_prompt(i.text): i for i in instructions}
+    categories = [c for c in dict.fromkeys(i.category for i in instructions)]
+    for n in (len(categories), 10, len(instructions)):
+        mpc, decision = cli.parity_prompts(n, 0)
+        assert decision == [] and len(mpc) == len(set(mpc)) == n
+        assert {by_prompt[p].category for p in mpc} == set(categories)
+    first_round = [by_prompt[p].category for p in cli.parity_prompts(len(categories), 0)[0]]
+    assert first_round == categories  # one of each, in the split's order
+    assert sorted(cli.parity_prompts(10 * len(instructions), 0)[0]) == sorted(by_prompt)  # each once, no repeats

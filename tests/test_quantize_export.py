@@ -184,6 +184,52 @@ def test_a_broken_quantized_file_fails_the_kl_criterion(models, variants, tmp_pa
     assert bad.mean_kl > TOLERANCES["int4"].max_mean_kl > good.mean_kl
 
 
+def _fake_choices(monkeypatch, reference, file):
+    """Make ``answer_choice`` say ``reference`` of each reference answer and ``file`` of each file
+    answer: random tiny models write nothing parseable, and parity calls it in that order."""
+    from edge_runtime.tasks import answers
+
+    calls = []
+
+    def choice(text):
+        calls.append(text)
+        return reference if len(calls) % 2 else file
+
+    monkeypatch.setattr(answers, "answer_choice", choice)
+    return calls
+
+
+def test_a_file_whose_answers_choose_other_parameters_fails_parity(models, variants, monkeypatch):
+    """The 4-bit failure this gate exists for: the file writes a_max where its weights write a_min
+    -- one token per answer, so the mean KL and the token agreement barely move -- and every
+    answer of that category is lost. Parity must fail and name what was chosen."""
+    clean = check_parity(models["dense"], variants["dense", "int8"], PROMPTS, BUDGET)
+    assert clean.ok and clean.answer_prompts == 0, clean.summary()  # nothing parses: no choice to compare
+    calls = _fake_choices(monkeypatch, ("a_min", "v_max", "v_min"), ("a_max", "v_max"))
+    report = check_parity(models["dense"], variants["dense", "int8"], PROMPTS, BUDGET)
+    assert len(calls) == 2 * len(PROMPTS)
+    assert not report.ok and report.answer_prompts == len(PROMPTS) and report.answer_agreement == 0.0
+    assert "prompt 0 answers {a_max, v_max} where the weights answer {a_min, v_max, v_min}" in report.message
+    assert f"same answer choice 0/{len(PROMPTS)}" in report.summary()
+    assert all(d["same_choice"] is False and d["file_choice"] == ["a_max", "v_max"] for d in report.details)
+    assert report.token_agreement == clean.token_agreement and report.mean_kl == clean.mean_kl  # the other criteria pass
+
+
+def test_the_same_choice_passes_and_unparsed_references_are_not_counted(models, variants, monkeypatch):
+    _fake_choices(monkeypatch, True, True)
+    same = check_parity(models["dense"], variants["dense", "int8"], PROMPTS, BUDGET)
+    assert same.ok and same.answer_agreement == 1.0 and same.answer_prompts == len(PROMPTS), same.summary()
+    _fake_choices(monkeypatch, None, ("v_max",))  # the weights' answers do not parse: nothing to hold the file to
+    unparsed = check_parity(models["dense"], variants["dense", "int8"], PROMPTS, BUDGET)
+    assert unparsed.ok and unparsed.answer_prompts == 0 and "same answer choice" not in unparsed.summary()
+    assert all(d["same_choice"] is None for d in unparsed.details)
+
+
+def test_answer_choice_floors_sit_on_the_quantized_rows_only():
+    assert TOLERANCES["fp32"].min_answer_agreement is None and TOLERANCES["fp16"].min_answer_agreement is None
+    assert 0.0 < TOLERANCES["int4"].min_answer_agreement <= TOLERANCES["int8"].min_answer_agreement < 1.0
+
+
 def test_mean_kl_on_known_distributions():
     from edge_runtime.export.parity import mean_kl
 
@@ -391,6 +437,20 @@ def test_cli_quantize_end_to_end(models, tmp_path, capsys, args):
     assert record["accuracy_level"] == (0 if "--accuracy-level" in args else 4)  # 4 (int8 compute) by default
     assert record["embedding"] == ("float32" if "--float-embedding" in args
                                    else f"{record['bits']}-bit GatherBlockQuantized, shared with the LM head")
+
+
+def test_cli_refuses_a_file_whose_answers_choose_otherwise(models, tmp_path, capsys, monkeypatch):
+    common = [str(models["pruned"]), "--quantize", "int8", "--parity-prompts", "2", "--decision-prompts", "0",
+              "--max-new-tokens", "8"]
+    _fake_choices(monkeypatch, ("v_max",), ("v_max",))
+    assert cli.main([*common, "-o", str(tmp_path / "same.onnx")]) == 0
+    assert "answer choice      2/2 prompts set the reference's parameters / verdict (floor 0.9)" in capsys.readouterr().out
+    _fake_choices(monkeypatch, ("a_min", "v_min"), ("a_max",))
+    assert cli.main([*common, "-o", str(tmp_path / "flipped.onnx")]) == 1
+    captured = capsys.readouterr()
+    assert "answer choice      0/2" in captured.out
+    assert "parity FAILED" in captured.err and "answers {a_max} where the weights answer {a_min, v_min}" in captured.err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["same.onnx"]  # the refused file was not written
 
 
 @pytest.mark.parametrize("args, needle", [

@@ -1,6 +1,6 @@
 """``edge-export``: export a model directory to one ONNX decoder file and check parity.
 
-    edge-export models/pruned -o models/pruned.onnx [--dtype fp16] [--parity-prompts 8]
+    edge-export models/pruned -o models/pruned.onnx [--dtype fp16] [--parity-prompts 10]
     edge-export models/pruned -o models/pruned-int8.onnx --quantize int8 [--int8-method dynamic]
     edge-export models/pruned -o models/pruned-int4.onnx --quantize int4 [--block-size 32]
     edge-export models/pruned -o models/pruned.onnx --kv-cache concat   (the traced graph)
@@ -130,7 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="positions in the shared KV cache: prompt + generated tokens (default: %(default)s)")
     p.add_argument("--opset", type=int, default=17, metavar="N",
                    help="ONNX opset of the traced (concat) graph (default: %(default)s)")
-    p.add_argument("--parity-prompts", type=int, default=8, metavar="N",
+    p.add_argument("--parity-prompts", type=int, default=10, metavar="N",
                    help="validation-split MPC prompts for the parity check (default: %(default)s)")
     p.add_argument("--decision-prompts", type=int, default=2, metavar="N",
                    help="validation-split decision prompts for the parity check (default: %(default)s)")
@@ -146,19 +146,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def parity_prompts(n_mpc: int, n_decision: int) -> tuple[list[str], list[str]]:
-    """``n_mpc`` validation MPC prompts (spread over the categories) and ``n_decision`` validation
-    decision prompts (validation track and phrasings): prompts training never saw, from the split
-    that may be looked at freely (the test split stays for reporting only)."""
+    """``n_mpc`` validation MPC prompts and ``n_decision`` validation decision prompts (validation
+    track and phrasings): prompts training never saw, from the split that may be looked at freely
+    (the test split stays for reporting only). The MPC prompts take the categories in turn (the
+    first instruction of each, then the second, ...), so that every category is checked once
+    ``n_mpc`` reaches their number: a quantization can break one category alone."""
     from ..tasks.instructions import instruction_set
     from ..tasks.prompts import build_mpc_prompt
 
     mpc: list[str] = []
     if n_mpc > 0:
-        instructions = instruction_set("validation")
-        step = max(1, len(instructions) // n_mpc)
-        picked = instructions[::step][:n_mpc]
-        picked += [i for i in instructions if i not in picked][: n_mpc - len(picked)]
-        mpc = [build_mpc_prompt(i.text) for i in picked]
+        by_category: dict[object, list] = {}
+        for instruction in instruction_set("validation"):
+            by_category.setdefault(instruction.category, []).append(instruction)
+        rounds = max(len(group) for group in by_category.values())
+        in_turn = [group[r] for r in range(rounds) for group in by_category.values() if r < len(group)]
+        mpc = [build_mpc_prompt(i.text) for i in in_turn[:n_mpc]]
     decision: list[str] = []
     if n_decision > 0:
         from ..tasks.decision import generate_decision_dataset
@@ -316,6 +319,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"  identical answers  {report.identical_answers}/{report.n_prompts}"
               + (f" (near ties {report.near_ties})" if report.near_ties else ""))
         print(f"  token agreement    {report.token_agreement:.3f} (teacher forced, over the reference answers)")
+        if report.answer_prompts:
+            floor = TOLERANCES[report.variant].min_answer_agreement if report.variant in TOLERANCES else None
+            print(f"  answer choice      {round(report.answer_agreement * report.answer_prompts)}/{report.answer_prompts}"
+                  f" prompts set the reference's parameters / verdict"
+                  + (f" (floor {floor})" if floor is not None else " (reported)"))
         if not report.ok:
             kept = ""
             if args.keep_failed:

@@ -57,7 +57,7 @@ from ..control.params import DEFAULT_PARAMS, PARAM_NAMES, SPEC_BY_NAME, MPCParam
 __all__ = [
     "ParseFailure", "MPCParse", "DecisionParse", "format_number",
     "format_mpc_answer", "parse_mpc_answer", "format_decision_answer", "parse_decision_answer",
-    "extract_answer_block", "count_failures",
+    "extract_answer_block", "count_failures", "answer_choice",
 ]
 
 class ParseFailure(str, Enum):
@@ -262,3 +262,20 @@ def count_failures(parses: Iterable[MPCParse | DecisionParse]) -> dict[str, int]
     order; successful parses are not counted, so an all-good batch gives ``{}``)."""
     counts = Counter(p.failure for p in parses if p.failure is not None)
     return {r.value: counts[r] for r in ParseFailure if counts[r]}
+
+
+def answer_choice(text: str) -> tuple[str, ...] | bool | None:
+    """What an answer decides, without its numbers: the sorted names of the parameters an MPC
+    answer sets, or a decision answer's verdict; None when it parses as neither.
+
+    Two models whose answers differ only in their numbers have made the same choice; one that
+    sets ``a_max`` where the other sets ``a_min`` has not. The export's parity check compares
+    this between a quantized file and its source weights, because a quantization that flips one
+    such token ruins a whole instruction category while its answers stay token-for-token close."""
+    verdict = parse_decision_answer(text)
+    if verdict.ok:
+        return verdict.value
+    if not parse_mpc_answer(text, clamp=True).ok:
+        return None
+    content, _, _ = extract_answer_block(text)
+    return tuple(sorted(json.loads(content)))
