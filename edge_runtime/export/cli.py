@@ -321,7 +321,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"  token agreement    {report.token_agreement:.3f} (teacher forced, over the reference answers)")
         if report.answer_prompts:
             floor = TOLERANCES[report.variant].min_answer_agreement if report.variant in TOLERANCES else None
-            print(f"  answer choice      {round(report.answer_agreement * report.answer_prompts)}/{report.answer_prompts}"
+            print(f"  answer choice      {report.same_answer_choices}/{report.answer_prompts}"
                   f" prompts set the reference's parameters / verdict"
                   + (f" (floor {floor})" if floor is not None else " (reported)"))
         if not report.ok:

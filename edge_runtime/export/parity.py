@@ -137,8 +137,14 @@ class ParityReport:
     variant: str = ""              # the TOLERANCES row used: the dtype, or the quantization kind
     token_agreement: float = 1.0   # teacher-forced, over all answer tokens of all prompts
     mean_kl: float = 0.0           # the largest per-prompt mean KL(reference || file) over answer steps, nats
-    answer_agreement: float = 1.0  # of the prompts whose reference answer parses: share with the same choice
-    answer_prompts: int = 0        # prompts whose reference answer parses (the agreement's denominator)
+    same_answer_choices: int = 0   # of answer_prompts: those on which the file makes the reference's choice
+    answer_prompts: int = 0        # prompts whose reference answer parses
+
+    @property
+    def answer_agreement(self) -> float:
+        """Share of the prompts whose reference answer parses on which the file makes the same choice
+        (1.0 when none parses: nothing to hold the file to)."""
+        return self.same_answer_choices / self.answer_prompts if self.answer_prompts else 1.0
 
     @property
     def identical_fraction(self) -> float:
@@ -154,7 +160,7 @@ class ParityReport:
         return (f"parity {'OK' if self.ok else 'FAILED'} ({self.variant or self.dtype}): {logits}, identical greedy answers "
                 f"{self.identical_answers}/{self.n_prompts}" + (f", near ties {self.near_ties}" if self.near_ties else "")
                 + f", token agreement {self.token_agreement:.3f}"
-                + (f", same answer choice {round(self.answer_agreement * self.answer_prompts)}/{self.answer_prompts}"
+                + (f", same answer choice {self.same_answer_choices}/{self.answer_prompts}"
                    if self.answer_prompts else "")
                 + (f" -- {self.message}" if self.message else ""))
 
@@ -334,8 +340,8 @@ def check_parity(model_dir: str | os.PathLike, onnx_path: str | os.PathLike, pro
             ok = False
             messages.append(f"teacher-forced token agreement {token_agreement:.3f} < {tol.min_token_agreement} "
                             f"({variant})")
-        answer_agreement = same_choices / choice_prompts if choice_prompts else 1.0
-        if tol.min_answer_agreement is not None and choice_prompts and answer_agreement < tol.min_answer_agreement:
+        answer_agreement = same_choices / choice_prompts if choice_prompts else 1.0  # as ParityReport.answer_agreement
+        if tol.min_answer_agreement is not None and answer_agreement < tol.min_answer_agreement:
             ok = False
             messages.append(f"greedy answers make the weights' choice on {same_choices}/{choice_prompts} prompts "
                             f"({answer_agreement:.2f} < {tol.min_answer_agreement}, {variant}): "
@@ -347,7 +353,7 @@ def check_parity(model_dir: str | os.PathLike, onnx_path: str | os.PathLike, pro
     return ParityReport(ok=bool(ok), max_abs_logit_diff=max_diff, identical_answers=identical, n_prompts=len(prompts),
                         details=details, dtype=generator.dtype, logit_tolerance=bound_max, near_ties=near_ties,
                         message=msg, variant=variant, token_agreement=token_agreement, mean_kl=kl_max,
-                        answer_agreement=answer_agreement, answer_prompts=choice_prompts)
+                        same_answer_choices=same_choices, answer_prompts=choice_prompts)
 
 
 def _describe(choice: tuple[str, ...] | bool | None) -> str:
