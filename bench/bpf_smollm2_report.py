@@ -14,7 +14,11 @@ Against the reference, **paired** on the same instructions and examples: the sha
 reference's control adaptability kept (ratio of mean-of-category-means, stratified bootstrap over
 instructions) and the decision-accuracy difference in points (stratified by decision instruction),
 plus the trade-off metric of the paper (prunable parameters removed per lost point of
-adaptability). Writes ``report.json``, ``report.md`` and ``score_vs_params.png``.
+adaptability). ``--versus A:B`` also compares two models (or methods) head to head -- "does BPF-RL
+beat post-training pruning + GRPO from the same start" -- as paired differences (adaptability A - B,
+stratified over instructions; decision points), which stay defined where B is below the default
+parameters and a share of B's adaptability is not. Writes ``report.json``, ``report.md`` and
+``score_vs_params.png``.
 
 **Seeds.** ``--model NAME@SEED=DIR`` marks one training seed of method NAME; two or more seeds of
 one method also get a row ``NAME (mean of N seeds)``: every instruction's adaptability and every
@@ -171,8 +175,8 @@ def with_seed_means(entries: list[dict]) -> list[dict]:
     return out
 
 
-def paired_retention(model: dict, ref: dict) -> tuple[float, tuple[float, float]]:
-    """Share of the reference's overall adaptability the model keeps, with its paired interval."""
+def _paired_adaptability(model: dict, ref: dict) -> dict[str, list[tuple[float, float]]]:
+    """Per category, (model, reference) adaptability of every instruction, paired by instruction."""
     ref_rows = {r["instruction"]: r for r in ref["mpc"]["rows"]}
     groups: dict[str, list[tuple[float, float]]] = {}
     for row in model["mpc"]["rows"]:
@@ -181,9 +185,23 @@ def paired_retention(model: dict, ref: dict) -> tuple[float, tuple[float, float]
             raise ReportError(f"{model['name']}: instruction {row['instruction']!r} is not in {ref['name']}'s report "
                               f"(evaluate both on the same split)")
         groups.setdefault(row["category"], []).append((row["adaptability"], other["adaptability"]))
+    return groups
+
+
+def paired_retention(model: dict, ref: dict) -> tuple[float, tuple[float, float]]:
+    """Share of the reference's overall adaptability the model keeps, with its paired interval."""
+    groups = _paired_adaptability(model, ref)
     num = np.mean([np.mean([a for a, _ in g]) for g in groups.values()])
     den = np.mean([np.mean([b for _, b in g]) for g in groups.values()])
     return float(num / den) if den > 0 else float("nan"), ratio_of_mean_of_means_ci(list(groups.values()))
+
+
+def paired_adaptability_difference(model: dict, other: dict) -> tuple[float, tuple[float, float]]:
+    """Overall adaptability of ``model`` minus ``other``'s, paired by instruction (mean of category means
+    of the differences). Unlike the retention ratio it stays defined when ``other`` is below the
+    default parameters, as a destroyed baseline is."""
+    diffs = [[a - b for a, b in g] for g in _paired_adaptability(model, other).values()]
+    return float(np.mean([np.mean(d) for d in diffs])), mean_of_means_ci(diffs)
 
 
 def paired_decision_points(model: dict, ref: dict) -> tuple[float, tuple[float, float]]:
@@ -211,7 +229,30 @@ def paired_decision_points(model: dict, ref: dict) -> tuple[float, tuple[float, 
 SAME_SIZE = 0.05
 
 
-def compare(entries: list[dict]) -> dict[str, Any]:
+def _named(name: str, entries: list[dict]) -> dict:
+    """The entry called ``name``, or the one entry of method ``name`` (its seed mean when it has seeds)."""
+    exact = [e for e in entries if e["name"] == name]
+    of_method = [e for e in entries if e["method"] == name]
+    means = [e for e in of_method if e.get("seeds")]
+    found = exact or means or (of_method if len(of_method) == 1 else [])
+    if not found:
+        raise ReportError(f"--versus: no model or method named {name!r} (names: "
+                          f"{', '.join(sorted({e['name'] for e in entries} | {e['method'] for e in entries}))})")
+    return found[0]
+
+
+def head_to_head(model: dict, other: dict) -> dict[str, Any]:
+    """Two models compared with each other directly, paired on the same items: the question "does
+    method A beat method B", which the comparison with the reference answers only indirectly."""
+    diff, diff_ci = paired_adaptability_difference(model, other)
+    points, points_ci = paired_decision_points(model, other)
+    return {"model": model["name"], "baseline": other["name"], "adaptability_difference": diff,
+            "adaptability_difference_ci": diff_ci, "decision_points": points, "decision_points_ci": points_ci}
+
+
+def compare(entries: list[dict], versus: list[tuple[str, str]] | None = None) -> dict[str, Any]:
+    """The table against the reference (``entries[0]``), the pruned-vs-smaller-dense pairs, and the
+    ``versus`` pairs (model or method names) compared head to head."""
     ref = entries[0]
     cfg = PruneConfig()
     ref_prunable = prunable_parameters(ref["spec"], cfg)
@@ -255,8 +296,9 @@ def compare(entries: list[dict]) -> dict[str, Any]:
             pairs.append({"pruned": p["name"], "smaller_dense": small["name"], "retention": kept,
                           "retention_ci": kept_ci, "decision_points": points, "decision_points_ci": points_ci,
                           "tradeoff_ratio": mine / theirs if mine is not None and theirs is not None else None})
+    heads = [head_to_head(_named(a, entries), _named(b, entries)) for a, b in (versus or [])]
     return {"reference": ref["name"], "split": ref["mpc"]["split"], "track": ref["mpc"]["track"],
-            "bootstrap": DEFAULT_BOOTSTRAP.describe(), "rows": rows, "pairs": pairs}
+            "bootstrap": DEFAULT_BOOTSTRAP.describe(), "rows": rows, "pairs": pairs, "head_to_head": heads}
 
 
 def verdicts(doc: dict) -> list[str]:
@@ -290,7 +332,19 @@ def verdicts(doc: dict) -> list[str]:
         else:
             out.append(f"Trade-off: undefined for `{p['name']}` vs `{small['name']}` (a model that loses nothing "
                        "against the reference has an unbounded metric).")
+    for h in doc.get("head_to_head", []):
+        a, b = f"`{h['model']}`", f"`{h['baseline']}`"
+        lo, hi = h["adaptability_difference_ci"]
+        dlo, dhi = h["decision_points_ci"]
+        out.append(f"{a} against {b}, head to head (paired): control adaptability {h['adaptability_difference']:+.3f} "
+                   f"[{lo:+.3f}, {hi:+.3f}] ({_winner(a, b, lo, hi)}); decision accuracy "
+                   f"{h['decision_points']:+.1f} points [{dlo:+.1f}, {dhi:+.1f}] ({_winner(a, b, dlo, dhi)}).")
     return out
+
+
+def _winner(a: str, b: str, lo: float, hi: float) -> str:
+    """Which of two models a paired difference (a - b) with interval [lo, hi] favours."""
+    return f"{a} better" if lo > 0 else f"{b} better" if hi < 0 else "not distinguishable: the interval includes 0"
 
 
 def markdown(doc: dict, notes: list[str], command: str) -> str:
@@ -363,6 +417,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--report", default="eval_test_onnx.json", help="the edge-eval report in each DIR (default: %(default)s)")
     p.add_argument("--note", action="append", default=[], help="a line for the report's notes (repeatable)")
     p.add_argument("--out", default="bench/results/bpf/smollm2", help="output folder (default: %(default)s)")
+    p.add_argument("--versus", action="append", default=[], metavar="A:B",
+                   help="also compare model or method A with B head to head, paired (repeatable; a method with "
+                        "several seeds by its seed mean)")
     p.add_argument("--record-vehicle-files", action="store_true",
                    help=f"also write DIR/{VEHICLE_RECORD} (size, streamed bytes, sha256) for every DIR whose DIR.onnx "
                         "is here, so the report can be re-made once the file is gone")
@@ -379,7 +436,13 @@ def main(argv: list[str] | None = None) -> int:
                 (Path(directory) / VEHICLE_RECORD).write_text(record)
         if len(entries) < 2:
             raise ReportError("--model: give the reference and at least one model to compare with it")
-        doc = compare(entries)
+        versus = []
+        for item in args.versus:
+            a, sep, b = item.partition(":")
+            if not sep or not a or not b:
+                raise ReportError(f"--versus {item!r}: expected A:B (two model or method names)")
+            versus.append((a, b))
+        doc = compare(entries, versus)
     except ReportError as exc:
         print(f"bpf_smollm2_report: error: {exc}", file=sys.stderr)
         return 2
@@ -387,7 +450,7 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     command = "python bench/bpf_smollm2_report.py " + " ".join(
         [f"--model {m}" for m in args.model] + [f"--report {args.report}"] + [f"--note {json.dumps(n)}" for n in args.note]
-        + [f"--out {args.out}"])
+        + [f"--versus {v}" for v in args.versus] + [f"--out {args.out}"])
     doc.update(notes=args.note, command=command, verdicts=verdicts(doc))
     (out / "report.json").write_text(json.dumps(doc, indent=1) + "\n")
     (out / "report.md").write_text(markdown(doc, args.note, command))

@@ -165,3 +165,45 @@ def test_a_missing_or_bad_vehicle_record_is_one_line_and_exit_2(report_module, c
     err = capsys.readouterr().err
     assert rc == 2 and needle in err and err.count("\n") == 1
     assert not (tmp_path / "rep").exists()
+
+
+def test_versus_compares_two_models_head_to_head_on_paired_differences(report_module, tmp_path):
+    """A copy of pruned50 whose every instruction scores 0.2 higher and that gets every decision right,
+    against pruned50: exactly +0.2 adaptability (every resample too) and the decision points it gained;
+    the method name of several seeds means their seed mean; a model against itself differs by 0."""
+    own = json.loads((TINY / "pruned50" / "eval_test.json").read_text())
+    better = _copy_card(TINY / "pruned50", tmp_path / "better")
+    (tmp_path / "better.onnx").write_bytes((TINY / "pruned50.onnx").read_bytes())
+    report = json.loads(json.dumps(own))
+    for r in report["mpc"]["rows"]:
+        r["adaptability"] += 0.2
+    for r in report["decision"]["rows"]:
+        r["correct"] = True
+    (better / "eval_test.json").write_text(json.dumps(report))
+    out = tmp_path / "rep"
+    assert report_module.main(["--model", f"dense={TINY / 'dense'}", "--model", f"p@0={TINY / 'pruned50'}",
+                               "--model", f"p@1={TINY / 'pruned50'}", "--model", f"better={better}",
+                               "--report", "eval_test.json", "--versus", "better:p", "--versus", "p@0:p@1",
+                               "--out", str(out)]) == 0
+    doc = json.loads((out / "report.json").read_text())
+    first, second = doc["head_to_head"]
+    assert (first["model"], first["baseline"]) == ("better", "p (mean of 2 seeds)")
+    assert first["adaptability_difference"] == pytest.approx(0.2)
+    assert first["adaptability_difference_ci"] == pytest.approx([0.2, 0.2])
+    wrong = 1.0 - own["decision"]["accuracy"]
+    assert first["decision_points"] == pytest.approx(100 * wrong)
+    assert second["adaptability_difference"] == 0 and second["adaptability_difference_ci"] == pytest.approx([0, 0])
+    assert second["decision_points"] == 0
+    md = (out / "report.md").read_text()
+    assert "`better` against `p (mean of 2 seeds)`, head to head (paired): control adaptability +0.200" in md
+    assert "(`better` better)" in md and "not distinguishable: the interval includes 0" in md
+    assert "--versus better:p" in doc["command"]
+
+
+@pytest.mark.parametrize("versus, needle", [("dense", "expected A:B"), ("dense:nobody", "no model or method named 'nobody'")])
+def test_a_bad_versus_is_one_line_and_exit_2(report_module, capsys, tmp_path, versus, needle):
+    rc = report_module.main(["--model", f"dense={TINY / 'dense'}", "--model", f"p={TINY / 'pruned50'}",
+                             "--report", "eval_test.json", "--versus", versus, "--out", str(tmp_path / "rep")])
+    err = capsys.readouterr().err
+    assert rc == 2 and needle in err and err.count("\n") == 1
+    assert not (tmp_path / "rep").exists()
