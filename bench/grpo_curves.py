@@ -5,7 +5,7 @@
 
 Each ``--run NAME=FILE`` is the ``metrics.jsonl`` (plain or gzipped) that ``edge-train bpf`` writes: one
 row per optimiser step, the GRPO phase's rows with ``"phase": "rl"``, a prune recorded in the row of
-the step it happened at. Writes the PNG and prints, per run, the mean reward and parse-failure rate
+the step after whose update it happened (so it acts from the next step's rollouts on). Writes the PNG and prints, per run, the mean reward and parse-failure rate
 of each window between prunes (Markdown), because a final evaluation says *that* a pruned model
 failed and these windows say *when* during training it did: which prune the GRPO steps after it
 did not recover from.
@@ -49,12 +49,17 @@ def load_rl_rows(path: Path) -> list[dict[str, Any]]:
 
 
 def windows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Consecutive steps split where a prune happened (the prune's step opens a window)."""
+    """Consecutive steps split where a prune happened: a prune recorded in step k's row happened after
+    that step's update, so the window it opens starts at step k + 1."""
     out: list[dict[str, Any]] = []
+    pending = None
     for r in rows:
-        if not out or "prune" in r:
-            out.append({"first": r["step"], "prune": (r.get("prune") or {}).get("target"), "rows": []})
+        if not out or pending is not None:
+            out.append({"first": r["step"], "prune": pending, "rows": []})
+            pending = None
         out[-1]["rows"].append(r)
+        if "prune" in r:
+            pending = r["prune"].get("target")
     for w in out:
         rs = w.pop("rows")
         w.update(last=rs[-1]["step"], steps=len(rs),
@@ -64,7 +69,7 @@ def windows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def markdown(runs: dict[str, list[dict[str, Any]]]) -> str:
-    lines = ["| run | steps | pruned at the first step to | mean reward | mean parse-failure rate |", "|---|---|---|---|---|"]
+    lines = ["| run | steps | pruned just before, to | mean reward | mean parse-failure rate |", "|---|---|---|---|---|"]
     for name, rows in runs.items():
         for w in windows(rows):
             pruned = "—" if w["prune"] is None else f"{w['prune']:.3f} of the prunable parameters"
@@ -87,10 +92,10 @@ def plot(runs: dict[str, list[dict[str, Any]]], path: Path) -> None:
         for r in rows:
             if "prune" in r:
                 for ax in (top, bottom):
-                    ax.axvline(r["step"], color=f"C{k}", ls="--", lw=0.8, alpha=0.7)
+                    ax.axvline(r["step"] + 0.5, color=f"C{k}", ls="--", lw=0.8, alpha=0.7)
     top.set_ylabel("mean reward per step")
     bottom.set_ylabel("parse-failure rate")
-    bottom.set_xlabel("GRPO step (dashed: a prune at that step)")
+    bottom.set_xlabel("GRPO step (dashed: a prune between two steps)")
     top.legend(fontsize=8)
     for ax in (top, bottom):
         ax.grid(alpha=0.3)

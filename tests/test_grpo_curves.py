@@ -43,10 +43,11 @@ def test_windows_split_at_prunes_and_both_file_kinds_read_alike(curves, tmp_path
     assert curves.main(["--run", f"A={plain}", "--run", f"B={packed}", "--out", str(out)]) == 0
     assert out.read_bytes()[:4] == b"\x89PNG"
     md = capsys.readouterr().out
-    assert "| A | 1–3 | — | +2.00 | 0.00 |" in md and "| A | 4–6 | 0.250 of the prunable parameters | +5.00 | 0.50 |" in md
-    assert "| B | 1–3 | — | +2.00 | 0.00 |" in md
+    # the prune recorded in step 4's row happened after its update: it opens the window at step 5
+    assert "| A | 1–4 | — | +2.50 | 0.12 |" in md and "| A | 5–6 | 0.250 of the prunable parameters | +5.50 | 0.50 |" in md
+    assert "| B | 1–4 | — | +2.50 | 0.12 |" in md
     (first, second) = curves.windows(curves.load_rl_rows(plain))
-    assert (first["steps"], second["steps"], second["prune"]) == (3, 3, 0.25)
+    assert (first["steps"], second["steps"], second["prune"]) == (4, 2, 0.25)
 
 
 @pytest.mark.parametrize("content, needle", [
