@@ -229,8 +229,10 @@ def test_edge_run_script_writes_complete_log(tiny_onnx, tmp_path, capsys):
     script = tmp_path / "demo.txt"
     script.write_text("0, Drive on the centre line.\n1.5, Drive at 2 m/s.\n3, Follow the racing line.\n")
     out = tmp_path / "run"
+    # the model's own output (not the grammar-constrained default): a random model's garbage must be
+    # logged and survived, one forward pass per emitted token
     rc = edge_run(["--model", str(tiny_onnx), "--sim", "track", "--track", TRACK, "--script", str(script),
-                   "--duration", "4", "--out", str(out), "--fast", "--threads", "1"])
+                   "--duration", "4", "--out", str(out), "--fast", "--threads", "1", "--no-constrained"])
     printed = capsys.readouterr().out
     assert rc == 0
     control, llm, summary = read_log(out)
@@ -266,6 +268,21 @@ def test_edge_run_script_writes_complete_log(tiny_onnx, tmp_path, capsys):
     assert "Drive at 2 m/s." in printed and "control adaptability" in printed
 
 
+def test_edge_run_decodes_constrained_by_default_so_every_answer_parses(tiny_onnx, tmp_path, capsys):
+    """The default is the decoding the model cards score: grammar-constrained, so even a random
+    model's answers parse and apply (with --no-constrained its first answer does not: see
+    test_valid_answer_applies_next_step_and_bad_answers_keep_it)."""
+    script = tmp_path / "demo.txt"
+    script.write_text("0, Drive on the centre line.\n1.5, Drive at 2 m/s.\n")
+    out = tmp_path / "run"
+    assert edge_run(["--model", str(tiny_onnx), "--track", TRACK, "--script", str(script), "--duration", "3",
+                     "--out", str(out), "--fast", "--threads", "1"]) == 0
+    capsys.readouterr()
+    _, llm, summary = read_log(out)
+    assert summary["llm"]["constrained"] is True and summary["llm"]["failure_count"] == 0
+    assert [r["status"] for r in llm] == ["applied", "applied"]
+
+
 def _wrap_generate(monkeypatch, answers: dict[str, str]):
     """Run the real ONNX generation (real token counts and timings) but replace the text for the
     instructions in ``answers`` ("RAISE": raise instead)."""
@@ -296,7 +313,7 @@ def test_valid_answer_applies_next_step_and_bad_answers_keep_it(tiny_onnx, tmp_p
                                   {"t": 5, "instruction": "Reverse the car."}]))
     out = tmp_path / "run"
     assert edge_run(["--model", str(tiny_onnx), "--track", TRACK, "--script", str(script), "--duration", "6",
-                     "--out", str(out), "--fast", "--threads", "1"]) == 0
+                     "--out", str(out), "--fast", "--threads", "1", "--no-constrained"]) == 0  # garbage must stay garbage
     capsys.readouterr()
     control, llm, summary = read_log(out)
     assert len(control) == 120 and len(llm) == 4

@@ -79,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: %(default)s)")
     b.add_argument("--threads", type=int, default=None, help="edge-run --threads on the vehicle (default: ORT's)")
     b.add_argument("--run-arg", action="append", default=[], metavar="ARG",
-                   help="extra edge-run argument for the service, repeatable (e.g. --run-arg=--constrained)")
+                   help="extra edge-run argument for the service, repeatable (e.g. --run-arg=--threads=2)")
     b.add_argument("--runtime-wheel", type=Path, default=None,
                    help="the edge_runtime wheel to ship (default: built from this checkout with pip wheel)")
     b.add_argument("--wheels-from", type=Path, default=None, metavar="DIR",

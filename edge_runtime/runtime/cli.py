@@ -16,8 +16,10 @@ GPU / Jetson telemetry (``edge_runtime.telemetry.gpu``): with ``tegrastats`` on 
 (``pynvml``) available, a background thread writes ``type: "gpu"`` records (power, utilisation,
 unified RAM / GPU memory) every ``--gpu-interval`` seconds into the same log, plus the Jetson
 power mode (``nvpmodel -q``, ``jetson_clocks``); otherwise the summary says "no GPU sampler".
-``--constrained``: grammar-constrained decoding (every answer parses; see
-``edge_runtime.decoding.constrained``).
+Grammar-constrained decoding is the default (every answer parses; see
+``edge_runtime.decoding.constrained``) because the shipped models are scored with it: a model's
+unconstrained output is not what its card measured (the pruned model's free answers fail to parse
+for whole instruction categories). ``--no-constrained`` runs the model's own output.
 
 Writes ``steps.jsonl`` (one JSON line per control step and per LLM call) and ``summary.json`` to
 ``--out`` and prints the summary table: control-step and MPC latency, LLM time to first token,
@@ -171,9 +173,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "overruns; prints one JSON line, exit 0 pass / 1 fail (default: off)")
     p.add_argument("--selftest-budget", type=float, default=None, metavar="S",
                    help="with --selftest: latency budget in seconds for the answer (default: 5.0)")
-    p.add_argument("--constrained", action=argparse.BooleanOptionalAction, default=False,
+    p.add_argument("--constrained", action=argparse.BooleanOptionalAction, default=True,
                    help="with --model: grammar-constrained decoding, so every answer parses and tokens the "
-                        "grammar fixes skip the forward pass (default: off, the model's own output)")
+                        "grammar fixes skip the forward pass, as the model cards score them; --no-constrained: "
+                        "the model's own output (default: True)")
     return p
 
 
