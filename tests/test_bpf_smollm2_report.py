@@ -84,18 +84,7 @@ def test_seeds_of_one_method_get_a_mean_row_scored_as_edge_eval_scores_one_model
     assert mean["retention"] == pytest.approx(doc["rows"][1]["retention"])
 
     # a second seed whose every instruction scores 0.2 higher and that gets every decision right
-    shifted = tmp_path / "p1"
-    shifted.mkdir()
-    for f in ("arch_spec.json", "train_summary.json"):
-        if (TINY / "pruned50" / f).is_file():
-            (shifted / f).write_bytes((TINY / "pruned50" / f).read_bytes())
-    (tmp_path / "p1.onnx").write_bytes((TINY / "pruned50.onnx").read_bytes())
-    report = json.loads(json.dumps(own))
-    for r in report["mpc"]["rows"]:
-        r["adaptability"] += 0.2
-    for r in report["decision"]["rows"]:
-        r["correct"] = True
-    (shifted / "eval_test.json").write_text(json.dumps(report))
+    shifted = _better_copy(tmp_path / "p1")
     out2 = tmp_path / "rep2"
     assert report_module.main(["--model", f"dense={TINY / 'dense'}", "--model", f"p@0={TINY / 'pruned50'}",
                                "--model", f"p@1={shifted}", "--model", f"small={TINY / 'small-dense'}",
@@ -123,6 +112,20 @@ def test_seeds_must_share_an_architecture_and_be_named(report_module, capsys, tm
     err = capsys.readouterr().err
     assert rc == 2 and needle in err and err.count("\n") == 1
     assert not (tmp_path / "rep").exists()
+
+
+def _better_copy(dst: Path) -> Path:
+    """tiny pruned50's card and file at ``dst``, its test report changed so that every instruction
+    scores 0.2 higher and every decision is right."""
+    _copy_card(TINY / "pruned50", dst)
+    dst.with_suffix(".onnx").write_bytes((TINY / "pruned50.onnx").read_bytes())
+    report = json.loads((TINY / "pruned50" / "eval_test.json").read_text())
+    for r in report["mpc"]["rows"]:
+        r["adaptability"] += 0.2
+    for r in report["decision"]["rows"]:
+        r["correct"] = True
+    (dst / "eval_test.json").write_text(json.dumps(report))
+    return dst
 
 
 def _copy_card(src: Path, dst: Path) -> Path:
@@ -172,14 +175,7 @@ def test_versus_compares_two_models_head_to_head_on_paired_differences(report_mo
     against pruned50: exactly +0.2 adaptability (every resample too) and the decision points it gained;
     the method name of several seeds means their seed mean; a model against itself differs by 0."""
     own = json.loads((TINY / "pruned50" / "eval_test.json").read_text())
-    better = _copy_card(TINY / "pruned50", tmp_path / "better")
-    (tmp_path / "better.onnx").write_bytes((TINY / "pruned50.onnx").read_bytes())
-    report = json.loads(json.dumps(own))
-    for r in report["mpc"]["rows"]:
-        r["adaptability"] += 0.2
-    for r in report["decision"]["rows"]:
-        r["correct"] = True
-    (better / "eval_test.json").write_text(json.dumps(report))
+    better = _better_copy(tmp_path / "better")
     out = tmp_path / "rep"
     assert report_module.main(["--model", f"dense={TINY / 'dense'}", "--model", f"p@0={TINY / 'pruned50'}",
                                "--model", f"p@1={TINY / 'pruned50'}", "--model", f"better={better}",
