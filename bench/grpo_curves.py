@@ -33,7 +33,7 @@ def load_rl_rows(path: Path) -> list[dict[str, Any]]:
     rows = []
     try:
         with opener(path, "rt") as fh:
-            for n, line in enumerate(fh, 1):
+            for line in fh:
                 if line.strip():
                     row = json.loads(line)
                     if row.get("phase") == "rl":

@@ -47,7 +47,7 @@ class SelftestConfig:
     horizon: int = 20
     threads: int | None = None
     provider: str = "cpu"
-    constrained: bool = False
+    constrained: bool = True  # what edge-run drives with by default, as the model cards score it
 
     def __post_init__(self) -> None:
         if not (self.latency_budget_s > 0 and self.latency_budget_s < float("inf")):
